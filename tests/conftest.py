@@ -24,13 +24,14 @@ def pytest_configure(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    skipped = terminalreporter.stats.get("skipped", [])
-    dassl_skips = [r for r in skipped if DASSL_SKIP_REASON in str(r.longrepr)]
-    if dassl_skips:
-        terminalreporter.write_line(
-            f"{len(dassl_skips)} test(s) skipped because {DASSL_SKIP_REASON}", yellow=True
-        )
-    elif DASSL_AVAILABLE:
+    """One line per reason tests were skipped (Dassl missing, open_clip_torch missing), or that none were."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2].removeprefix("Skipped: ") if isinstance(report.longrepr, tuple) else ""
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(f"{count} test(s) skipped because {reason}", yellow=True)
+    if DASSL_AVAILABLE and not any(DASSL_SKIP_REASON in reason for reason in reasons):
         terminalreporter.write_line("Dassl.pytorch is importable: no test was skipped for it")
 
 

@@ -1,8 +1,8 @@
 """Precompute, resume, merge and teachers, in-process on tiny CLIPs (subprocess runs: test_ril_cli)."""
+import json
 import os
 import shutil
 import sys
-import types
 
 import h5py
 import numpy as np
@@ -174,24 +174,35 @@ def test_missing_open_clip_is_a_clear_error(monkeypatch):
         load_teacher("open_clip:ViT-H-14-quickgelu/dfn5b")
 
 
-def test_open_clip_adapter_calls_the_public_api(monkeypatch, tiny_teacher):
-    model = load_openai_clip(tiny_teacher).model
-    model.visual.image_size = 32
-    model.visual.image_mean, model.visual.image_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    calls = {}
+def test_open_clip_teacher_from_a_local_weights_file(tmp_path):
+    """The real open_clip package: a tiny model config, its weights in a file, a table built with it."""
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed (scripts/install.sh "
+                                    "--teachers)")
+    config = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    (tmp_path / "Tiny-Test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(tmp_path / "Tiny-Test.json"))
+    torch.manual_seed(0)
+    reference = open_clip.create_model("Tiny-Test").eval()
+    weights = tmp_path / "tiny_weights.pt"
+    torch.save(reference.state_dict(), weights)
 
-    def create_model_and_transforms(name, pretrained, device, require_pretrained):
-        calls.update(name=name, pretrained=pretrained, require_pretrained=require_pretrained)
-        return model, None, None
-
-    fake = types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms,
-                                 get_tokenizer=lambda name: clip.tokenize,
-                                 OPENAI_DATASET_MEAN=(0, 0, 0), OPENAI_DATASET_STD=(1, 1, 1))
-    monkeypatch.setitem(sys.modules, "open_clip", fake)
-    teacher = load_teacher("open_clip:ViT-H-14-quickgelu/dfn5b")
-    assert calls == {"name": "ViT-H-14-quickgelu", "pretrained": "dfn5b", "require_pretrained": True}
-    assert teacher.teacher_id == "open_clip:ViT-H-14-quickgelu/dfn5b" and teacher.checkpoint_sha256 == ""
-    assert teacher.mean == (0.5, 0.5, 0.5) and teacher.input_size == (32, 32)
+    teacher = load_teacher(f"open_clip:Tiny-Test/{weights}")
+    assert teacher.teacher_id == "open_clip:Tiny-Test/tiny_weights.pt" and len(teacher.checkpoint_sha256) == 64
+    assert teacher.input_size == (32, 32) and teacher.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
     features = teacher.class_features(["red circle", "cat"], ["a photo of a {}."])
-    logits = teacher.logits(torch.zeros(2, 3, 32, 32), features)
-    assert features.shape == (2, 64) and logits.shape == (2, 2) and torch.isfinite(logits).all()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        text = F.normalize(reference.encode_text(open_clip.tokenize(["a photo of a red circle.",
+                                                                     "a photo of a cat."])), dim=-1)
+        expected = reference.logit_scale.exp() * F.normalize(reference.encode_image(images), dim=-1) @ text.t()
+    torch.testing.assert_close(teacher.logits(images, features), expected, rtol=1e-4, atol=1e-4)
+
+    root = str(tmp_path / "images")
+    paths, labels = write_images(root, 3)
+    out = str(tmp_path / "table.h5")
+    spec = RegionSpec(num_regions=2, topk=2, output_size=teacher.input_size)
+    precompute(out, root, paths, labels, toy_fingerprint(paths, labels), teacher, spec, batch_size=4, workers=0)
+    table = RILTable(out)
+    assert table.attrs["teacher"] == teacher.teacher_id and table.attrs["teacher_sha256"] == teacher.checkpoint_sha256
