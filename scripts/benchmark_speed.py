@@ -105,6 +105,8 @@ def parse_args(argv):
     sized(parser, "--warmup", "untimed steps first", type=int)
     sized(parser, "--steps", "timed steps", type=int)
     sized(parser, "--classes", "C of the mode comparison; 50 is about the median base-class count", type=int)
+    add("--text-checkpointing", action="store_true", help="MODEL.TEXT_CHECKPOINTING in every mode: text blocks "
+        "recomputed in backward (less memory, one more text forward)")
     add("--workers", type=int, default=2, help="DataLoader workers of every loader (default 2)")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N] (CUDA: autocast)")
     add("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)} (epochs needs steps)")
@@ -284,6 +286,7 @@ def benchmark_cfg(job, device):
     cfg = get_cfg()
     cfg.DATASET.NAME, cfg.DATASET.ROOT = BENCHMARK_DATASET, job["image_root"]
     cfg.MODEL.BACKBONE.NAME, cfg.MODEL.TEXT_TRUNCATION = job["student"], job["truncate"]
+    cfg.MODEL.TEXT_CHECKPOINTING = job["text_checkpointing"]
     cfg.INPUT.SIZE = (job["resolution"], job["resolution"])
     cfg.INPUT.INTERPOLATION = "bicubic"
     cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = list(CLIP_MEAN), list(CLIP_STD)
@@ -306,6 +309,7 @@ class StepHarness(RILSupervision):
         self.cfg, self.clip_model, self.device = cfg, clip_model, device
         self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=classnames, train_x=train_x))
         self.model = build_coop_model(self, cfg.TRAINER.FDBPL)
+        self.model.text_encoder.checkpointing = cfg.MODEL.TEXT_CHECKPOINTING
         if self.dual_prompts:
             self.add_negative_prompts()
 
@@ -583,7 +587,7 @@ def prepare(args, workdir):
 def base_job(args, setup, student):
     return {"device": args.device, "image_root": setup.image_root, "resolution": setup.resolution,
             "workers": args.workers, "teacher": setup.teacher, "student": setup.students[student],
-            "batch_size": args.batch_size, "truncate": True}
+            "batch_size": args.batch_size, "truncate": True, "text_checkpointing": args.text_checkpointing}
 
 
 def summarise(step_ms):
@@ -713,7 +717,8 @@ def steps_section(args, runs):
                memory, "load avg"]
     return ("Training step time", headers, rows,
             f"teacher {args.teacher}, batch {args.batch_size}, C = {args.classes}, {args.warmup} warm-up + "
-            f"{args.steps} timed steps, {args.workers} loader workers, device {args.device}")
+            f"{args.steps} timed steps, {args.workers} loader workers, device {args.device}"
+            + (", text activation checkpointing" if args.text_checkpointing else ""))
 
 
 def target_rows(args, runs, setup):

@@ -53,34 +53,57 @@ def caspl(clip_model):
     )
 
 
-def features_and_gradients(model, truncate, pair):
-    """Text features and the gradients of every prompt parameter, for one truncation setting."""
-    model.text_encoder.truncate = truncate
+def features_and_gradients(model, pair, truncate=True, checkpointing=False):
+    """Text features and the gradients of every prompt parameter, for one text-encoder setting."""
+    model.text_encoder.truncate, model.text_encoder.checkpointing = truncate, checkpointing
     model.zero_grad()
     features = torch.cat(model.encode_text_pair()) if pair else model.encode_text()
     (features * torch.linspace(-1, 1, features.shape[1])).sum().backward()
     gradients = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
-    model.text_encoder.truncate = True
+    model.text_encoder.truncate, model.text_encoder.checkpointing = True, False
     return features.detach(), gradients
 
 
-@pytest.mark.parametrize("build, pair", [
+def assert_same_features_and_gradients(result, reference):
+    (features, gradients), (expected_features, expected_gradients) = result, reference
+    torch.testing.assert_close(features, expected_features, rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == expected_gradients.keys() and expected_gradients
+    for name, expected in expected_gradients.items():
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(gradients[name], expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+TEXT_BRANCHES = [
     pytest.param(coop, False, id="CoOp"),
     pytest.param(fdbpl, True, id="FDBPL-both-prompt-sets"),
     pytest.param(maple, False, id="MaPLe"),
     pytest.param(promptsrc, False, id="PromptSRC"),
     pytest.param(caspl, False, id="CasPL-cascade", marks=requires_dassl),
-])
+]
+
+
+@pytest.mark.parametrize("build, pair", TEXT_BRANCHES)
 def test_truncation_gives_the_full_length_features_and_gradients(clip_model, build, pair):
     torch.manual_seed(0)
     model = build(clip_model)
-    truncated, grads_truncated = features_and_gradients(model, True, pair)
-    full, grads_full = features_and_gradients(model, False, pair)
-    torch.testing.assert_close(truncated, full, rtol=1e-5, atol=1e-6)
-    assert grads_truncated.keys() == grads_full.keys() and grads_full
-    for name in grads_full:
-        scale = grads_full[name].abs().max().item()
-        torch.testing.assert_close(grads_truncated[name], grads_full[name], rtol=1e-5, atol=1e-5 * scale)
+    assert_same_features_and_gradients(features_and_gradients(model, pair, truncate=True),
+                                       features_and_gradients(model, pair, truncate=False))
+
+
+@pytest.mark.parametrize("build, pair", TEXT_BRANCHES)
+def test_activation_checkpointing_gives_the_same_features_and_gradients(clip_model, build, pair):
+    """Recomputed blocks see the same truncated mask and deep-prompt hooks as the stored forward."""
+    torch.manual_seed(0)
+    model = build(clip_model)
+    assert_same_features_and_gradients(features_and_gradients(model, pair, checkpointing=True),
+                                       features_and_gradients(model, pair))
+
+
+@requires_dassl
+def test_text_checkpointing_follows_the_config(synthetic_root, tiny_student, tmp_path):
+    trainer = build_trainer(synthetic_root, "FDBPL", tiny_student, tmp_path,
+                            opts=("DATASET.NUM_SHOTS", "4", "MODEL.TEXT_CHECKPOINTING", "True"))
+    assert trainer.model.text_encoder.checkpointing
 
 
 def test_both_prompt_sets_go_through_the_text_encoder_in_one_pass(clip_model):

@@ -12,6 +12,7 @@ from dassl.optim import build_lr_scheduler, build_optimizer
 
 from . import dassl_compat
 from .clip_loading import load_clip, resolve_precision
+from .text_encoder import TextEncoder
 
 # Buffers a checkpoint may carry that are rebuilt from class names (base and new classes differ).
 CLASS_NAME_BUFFERS = ("token_prefix", "token_suffix", "tokenized_prompts", "order")
@@ -25,6 +26,13 @@ class PromptTrainer(TrainerX):
     """Dassl TrainerX with the CLIP prompt-learning plumbing; `CONFIG_NODE` names cfg.TRAINER.<node>."""
 
     CONFIG_NODE = None
+
+    def __init__(self, cfg):
+        super().__init__(cfg)  # builds the model
+        model = getattr(self, "model", None)  # zero-shot CLIP trains nothing and has none
+        for module in model.modules() if isinstance(model, torch.nn.Module) else ():
+            if isinstance(module, TextEncoder):
+                module.checkpointing = cfg.MODEL.TEXT_CHECKPOINTING
 
     @property
     def method_cfg(self):

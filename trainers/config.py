@@ -23,6 +23,7 @@ def extend_cfg(cfg):
     cfg.DATASET.SYNTHETIC.IMAGE_SIZE = 64  # side of the generated square images, in pixels
 
     cfg.MODEL.TEXT_TRUNCATION = True  # run the causal text transformer only up to the last EOT
+    cfg.MODEL.TEXT_CHECKPOINTING = False  # recompute text blocks in backward: less memory, one more forward
 
     cfg.TRAINER.ZEROSHOTCLIP = CN()
     cfg.TRAINER.ZEROSHOTCLIP.PREC = "fp16"  # fp16, fp32, amp (fp32 is forced on CPU)

@@ -9,15 +9,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from clip import clip
+from torch.utils.checkpoint import checkpoint
 
 
 @contextmanager
-def causal_mask_length(transformer, length):
-    """Give every block of `transformer` the (length, length) corner of its causal mask.
+def causal_mask_length(blocks, length):
+    """Give each residual block in `blocks` the (length, length) corner of its causal mask.
 
     OpenAI's blocks use their stored 77 x 77 mask as is, so it is swapped for the run's length.
     """
-    blocks = list(transformer.resblocks)
     saved = [block.attn_mask for block in blocks]
     try:
         for block, mask in zip(blocks, saved):
@@ -29,8 +29,20 @@ def causal_mask_length(transformer, length):
             block.attn_mask = mask
 
 
+def run_block(block, x):
+    """One residual block on a (length, N, width) sequence, its mask cut to that length; a function of
+    its inputs alone, so activation checkpointing can re-run it during backward."""
+    with causal_mask_length([block], x.shape[0]):
+        return block(x)
+
+
 class TextEncoder(nn.Module):
-    """Encode prompt embeddings (N, L, width) with token ids (N, L) into features (N, E)."""
+    """Encode prompt embeddings (N, L, width) with token ids (N, L) into features (N, E).
+
+    `checkpointing` (MODEL.TEXT_CHECKPOINTING) stores only each block's input while gradients are
+    recorded and recomputes the block during backward: the text tower's training memory falls to
+    about one block's activations, for one more forward pass. Results are unchanged.
+    """
 
     def __init__(self, clip_model, truncate=True):
         super().__init__()
@@ -40,14 +52,18 @@ class TextEncoder(nn.Module):
         self.text_projection = clip_model.text_projection
         self.dtype = clip_model.dtype
         self.truncate = truncate
+        self.checkpointing = False
 
     def forward(self, prompts, tokenized_prompts):
         eot = tokenized_prompts.argmax(dim=-1)
         length = int(eot.max()) + 1 if self.truncate else prompts.shape[1]
         x = prompts[:, :length].type(self.dtype) + self.positional_embedding[:length].type(self.dtype)
         x = x.permute(1, 0, 2)
-        with causal_mask_length(self.transformer, length):
-            x = self.transformer(x)
+        for block in self.transformer.resblocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(run_block, block, x, use_reentrant=False)
+            else:
+                x = run_block(block, x)
         x = x.permute(1, 0, 2)
         x = self.ln_final(x).type(self.dtype)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
