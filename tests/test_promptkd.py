@@ -97,6 +97,7 @@ def test_stored_text_features_are_the_prompted_teachers_for_all_classes(student_
 
 
 def counting_hook(counts, name):
+    """For a text tower's first block: it runs once per text pass (the text encoder runs blocks one by one)."""
     def hook(*args):
         counts[name] += 1
     return hook
@@ -118,7 +119,7 @@ def test_teacher_text_encoder_runs_once_per_run_and_the_student_text_tower_never
 
         def load_counted(*load_args, **load_kwargs):
             frozen = original_load(*load_args, **load_kwargs)
-            frozen.model.transformer.register_forward_hook(counting_hook(counts, "teacher_text"))
+            frozen.model.transformer.resblocks[0].register_forward_hook(counting_hook(counts, "teacher_text"))
             frozen.model.visual.register_forward_hook(counting_hook(counts, "teacher_image"))
             return frozen
 
@@ -128,7 +129,7 @@ def test_teacher_text_encoder_runs_once_per_run_and_the_student_text_tower_never
     monkeypatch.setattr(promptkd, "load_online_teacher", counted_teacher)
     trainer = build_trainer(data_root, "PromptKD", tiny_student, tmp_path,
                             opts=(*BASE_OPTS, *teacher_opts, "OPTIM.MAX_EPOCH", "2"))
-    trainer.clip_model.transformer.register_forward_hook(counting_hook(counts, "student_text"))
+    trainer.clip_model.transformer.resblocks[0].register_forward_hook(counting_hook(counts, "student_text"))
     trainer.train()
     assert counts["teacher_text"] == 1
     assert counts["teacher_image"] == trainer.num_batches * trainer.max_epoch == 20

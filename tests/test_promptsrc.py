@@ -157,7 +157,7 @@ def test_frozen_text_features_are_computed_once_at_build(synthetic_root, tiny_st
         trainer.frozen_text, published_frozen_text(plain_clip(tiny_student), trainer.dm.dataset.classnames)
     )
     text_passes = []
-    trainer.model.text_encoder.transformer.register_forward_hook(lambda *args: text_passes.append(1))
+    trainer.model.text_encoder.transformer.resblocks[0].register_forward_hook(lambda *args: text_passes.append(1))
     trainer.train()
     assert len(builds) == 1
     # one prompted class-text pass per step and one per evaluation, nothing more
