@@ -44,7 +44,7 @@ if sys.path[0] != REPO_ROOT:
     sys.path.insert(0, REPO_ROOT)
 
 import trainers.dassl_compat  # noqa: E402,F401  (before any Dassl import)
-from clip.model import CLIP, convert_weights  # noqa: E402
+from clip.model import CLIP  # noqa: E402
 from dassl.data.data_manager import build_data_loader  # noqa: E402
 from dassl.data.datasets import Datum  # noqa: E402
 from dassl.data.transforms import build_transform  # noqa: E402
@@ -54,13 +54,13 @@ from ril.format import FEATURES_DATASET, expected_fingerprint  # noqa: E402
 from ril.precompute import RegionSpec, precompute  # noqa: E402
 from ril.reader import FIELDS, RILTable  # noqa: E402
 from ril.teachers import CLIP_MEAN, CLIP_STD, load_teacher  # noqa: E402
-from ril.templates import DEFAULT_TEMPLATES  # noqa: E402
-from scripts.make_tiny_clip import CONTEXT_LENGTH, HEAD_WIDTH, VOCAB_SIZE  # noqa: E402
+from scripts.make_tiny_clip import CONTEXT_LENGTH, HEAD_WIDTH, VOCAB_SIZE, save_checkpoint  # noqa: E402
 from trainers.clip_loading import load_clip  # noqa: E402
 from trainers.config import get_cfg  # noqa: E402
 from trainers.coop import build_coop_model  # noqa: E402
+from trainers.losses import distillation_kl  # noqa: E402
+from trainers.online_teacher import load_online_teacher  # noqa: E402
 from trainers.ril_supervision import RILSupervision  # noqa: E402
-from trainers.text_encoder import template_text_features  # noqa: E402
 
 # OpenAI's released shapes: (embed dim, input size, vision layers, vision width, patch, text width, text layers).
 ARCHITECTURES = {
@@ -166,14 +166,6 @@ def build_architecture(name, seed=0):
     torch.manual_seed(seed)
     return CLIP(embed_dim, resolution, vision_layers, vision_width, patch, CONTEXT_LENGTH, VOCAB_SIZE,
                 text_width, text_width // HEAD_WIDTH, text_layers)
-
-
-def save_checkpoint(model, path):
-    """OpenAI's state-dict format (fp16, as released): loadable by `load_clip(path)`."""
-    convert_weights(model)
-    torch.save(model.state_dict(), f"{path}.partial")
-    os.replace(f"{path}.partial", path)
-    return path
 
 
 def model_checkpoint(spec, directory):
@@ -345,23 +337,10 @@ def to_device(batch, device):
     return {key: value.to(device, non_blocking=True) for key, value in batch.items() if torch.is_tensor(value)}
 
 
-def online_kd_loss(student_logits, teacher_logits):
-    """KL(teacher || student) per sample, averaged (KDPL, PromptKD at temperature 1)."""
-    return F.kl_div(F.log_softmax(student_logits.float(), dim=1), F.log_softmax(teacher_logits.float(), dim=1),
-                    log_target=True, reduction="batchmean")
-
-
-def online_teacher_loss(job, cfg, model, classnames, device):
-    """The teacher's image tower on every batch, against class texts it encoded once."""
-    teacher = load_clip(job["teacher"], "fp32", device).requires_grad_(False)
-    teacher_text = template_text_features(teacher, classnames, DEFAULT_TEMPLATES, cfg.MODEL.TEXT_TRUNCATION)
-    scale = teacher.logit_scale.exp()
-
-    def loss(batch):
-        with torch.no_grad():
-            teacher_logits = scale * F.normalize(teacher.encode_image(batch["img"]), dim=-1) @ teacher_text.t()
-        return online_kd_loss(model(batch["img"]), teacher_logits)
-    return loss
+def online_teacher_loss(job, model, classnames, device):
+    """The project's online teacher (PromptKD, CasPL online) scoring every batch, KL as PromptKD's."""
+    teacher = load_online_teacher(job["teacher"], classnames, CLIP_MEAN, CLIP_STD, device)
+    return lambda batch: distillation_kl(model(batch["img"]), teacher.logits(batch["img"]))
 
 
 def mode_setup(job, cfg, clip_model, table, device):
@@ -370,7 +349,7 @@ def mode_setup(job, cfg, clip_model, table, device):
     harness = StepHarness(cfg, clip_model, table.classnames, training_data(table, job["image_root"]), device)
     model = harness.model
     if mode == ONLINE:
-        return model, endless(harness.image_loader()), online_teacher_loss(job, cfg, model, table.classnames, device)
+        return model, endless(harness.image_loader()), online_teacher_loss(job, model, table.classnames, device)
     if mode == "coop":
         return model, endless(harness.image_loader()), lambda batch: F.cross_entropy(model(batch["img"]),
                                                                                       batch["label"])

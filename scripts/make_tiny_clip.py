@@ -38,6 +38,15 @@ def build_tiny_clip(embed_dim, width, layers, patch, image_size, seed):
     )
 
 
+def save_checkpoint(model, path):
+    """Write `model` in OpenAI's released state-dict format (fp16), atomically; returns `path`."""
+    convert_weights(model)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(model.state_dict(), f"{path}.partial")
+    os.replace(f"{path}.partial", path)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="checkpoint file to write (e.g. tiny_clip.pt)")
@@ -50,9 +59,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     model = build_tiny_clip(args.embed_dim, args.width, args.layers, args.patch, args.image_size, args.seed)
-    convert_weights(model)  # OpenAI's released state dicts are fp16
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save(model.state_dict(), args.out)
+    save_checkpoint(model, args.out)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"Wrote {args.out}: {n_params:,} parameters, input {args.image_size}px, embed dim {args.embed_dim}")
 
