@@ -84,10 +84,7 @@ if [ -z "${DATA:-}" ]; then set_demo_defaults; fi
 apply_defaults
 require_one_value --shots "$SHOTS"
 if [ "$DEMO" = 1 ]; then setup_demo; else require_data; fi
-resolve_methods
-# shellcheck disable=SC2086  # DATASETS is a list
-check_datasets $DATASETS
-print_plan base2new "datasets $DATASETS"
+plan_methods_on_datasets base2new
 
 for i in "${!TRAINERS[@]}"; do
   for dataset in $DATASETS; do

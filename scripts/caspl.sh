@@ -57,10 +57,8 @@ EOF
   print_flags
 }
 
-parse_flags "$@"
-apply_defaults
+read_flags "$@"
 LOAD_EPOCH=""  # eval-only runs load the last epoch of their config
-require_data
 require_one_value --shots "$SHOTS"
 require_one_value --boost-shots "$BOOST_SHOTS"
 check_numbers BOOST_SHOTS "$BOOST_SHOTS"

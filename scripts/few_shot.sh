@@ -27,13 +27,8 @@ EOF
   print_flags
 }
 
-parse_flags "$@"
-apply_defaults
-require_data
-resolve_methods
-# shellcheck disable=SC2086  # DATASETS is a list
-check_datasets $DATASETS
-print_plan few_shot "datasets $DATASETS"
+read_flags "$@"
+plan_methods_on_datasets few_shot
 
 for i in "${!TRAINERS[@]}"; do
   for dataset in $DATASETS; do

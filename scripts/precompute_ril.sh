@@ -27,13 +27,8 @@ EOF
   print_flags
 }
 
-parse_flags "$@"
-apply_defaults
-require_data
-resolve_methods
-# shellcheck disable=SC2086  # DATASETS is a list
-check_datasets $DATASETS
-print_plan "RIL tables ($SUBSAMPLE classes, teacher $TEACHER, $REGIONS regions, top-$TOPK)" "datasets $DATASETS"
+read_flags "$@"
+plan_methods_on_datasets "RIL tables ($SUBSAMPLE classes, teacher $TEACHER, $REGIONS regions, top-$TOPK)"
 
 for i in "${!TRAINERS[@]}"; do
   for dataset in $DATASETS; do

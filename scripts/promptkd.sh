@@ -45,10 +45,8 @@ EOF
   print_flags
 }
 
-parse_flags "$@"
-apply_defaults
+read_flags "$@"
 LOAD_EPOCH=""  # eval-only runs load the last epoch of their config
-require_data
 require_one_value --shots "$SHOTS"
 if [ -z "$STUDENT_SHOTS" ]; then
   if [ "$NON_TRANSDUCTIVE" = 1 ]; then STUDENT_SHOTS="$SHOTS"; else STUDENT_SHOTS=0; fi

@@ -162,6 +162,13 @@ require_data() {
   [ -d "$DATA" ] || die "dataset root '$DATA' (--data/DATA) is not a directory"
 }
 
+# read_flags "$@": flags and environment, defaults filled in and checked, a dataset root required.
+read_flags() {
+  parse_flags "$@"
+  apply_defaults
+  require_data
+}
+
 require_one_value() {
   local name="$1" words
   read -ra words <<< "$2"
@@ -238,6 +245,14 @@ read_config_values() {
     fi
     i=$((i + 1))
   done <<< "$values"
+}
+
+# plan_methods_on_datasets PROTOCOL: the --trainer/--cfg methods over DATASETS, checked and announced.
+plan_methods_on_datasets() {
+  resolve_methods
+  # shellcheck disable=SC2086  # DATASETS is a list
+  check_datasets $DATASETS
+  print_plan "$1" "datasets $DATASETS"
 }
 
 print_plan() {
@@ -429,9 +444,7 @@ transfer_main() {
   shift
   DATA_NOTE="required"
   SHOTS_NOTE="one value"
-  parse_flags "$@"
-  apply_defaults
-  require_data
+  read_flags "$@"
   require_one_value --shots "$SHOTS"
   require_one_value --source-dataset "$SOURCE_DATASET"
   resolve_methods
