@@ -7,18 +7,22 @@ DASSL_COMMIT="c61a1b570ac6333bd50fb5ae06aea59002fb20bb"  # last commit of Dassl.
 
 usage() {
   cat <<EOF
-Usage: bash scripts/install.sh [--dassl-src PATH] [--teachers] [--dassl-optional]
+Usage: bash scripts/install.sh [--dassl-src PATH | --dassl-archive FILE] [--teachers] [--dassl-optional]
 
 Installs, with the current python's pip:
   1. PyTorch, unless torch and torchvision already import (set TORCH_PACKAGES to choose the
      build, e.g. TORCH_PACKAGES="torch==2.4.1 torchvision==0.19.1 --index-url ...");
-  2. Dassl.pytorch: from the local checkout given by --dassl-src or \$DASSL_SRC, otherwise from
-     ${DASSL_REPO} at commit ${DASSL_COMMIT:0:12}
+  2. Dassl.pytorch: from the local checkout given by --dassl-src or \$DASSL_SRC, or from a
+     \`git archive\` tarball of the pinned commit given by --dassl-archive (its embedded commit id
+     is checked), otherwise from ${DASSL_REPO} at commit ${DASSL_COMMIT:0:12}
      (skipped when no source is given and dassl already imports);
   3. this project's dependencies and test tools (pip install -e ".[test]").
 
 Options:
   --dassl-src PATH   install Dassl from this local checkout of Dassl.pytorch (same as DASSL_SRC=PATH)
+  --dassl-archive FILE
+                     install Dassl from this .tar.gz made by \`git archive\` of commit ${DASSL_COMMIT:0:12}
+                     (for machines that cannot reach the git host); another commit is refused
   --teachers         also install open_clip_torch, for open_clip teachers (e.g. ViT-H-14 DFN5B)
   --dassl-optional   do not fail when Dassl cannot be installed (the Dassl tests are then skipped)
   -h, --help         show this help
@@ -26,11 +30,13 @@ EOF
 }
 
 dassl_src="${DASSL_SRC:-}"
+dassl_archive=""
 extras="test"
 dassl_optional=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dassl-src) dassl_src="$2"; shift 2 ;;
+    --dassl-archive) dassl_archive="$2"; shift 2 ;;
     --teachers) extras="test,teachers"; shift ;;
     --dassl-optional) dassl_optional=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -52,7 +58,24 @@ fi
 pip "setuptools<81" wheel numpy
 
 echo "[2/3] Dassl.pytorch"
+# unpack_dassl_archive FILE: dassl_src = its unpacked Dassl.pytorch folder, once its commit id is the pinned one.
+unpack_dassl_archive() {
+  local archive="$1" commit
+  [ -f "$archive" ] || { echo "install.sh: --dassl-archive '$archive' is not a file" >&2; return 1; }
+  # get-tar-commit-id reads only the header, so gzip may die of SIGPIPE: its status is not the answer
+  commit="$({ gzip -dc "$archive" 2>/dev/null || true; } | git get-tar-commit-id)" || commit=""
+  if [ "$commit" != "$DASSL_COMMIT" ]; then
+    echo "install.sh: --dassl-archive '$archive' is not a git archive of the pinned commit $DASSL_COMMIT (its commit id: ${commit:-none})" >&2
+    return 1
+  fi
+  unpacked_archive="$(mktemp -d)"
+  trap 'rm -rf "$unpacked_archive"' EXIT
+  tar -xzf "$archive" -C "$unpacked_archive"
+  dassl_src="$unpacked_archive/Dassl.pytorch"
+}
+
 install_dassl() {
+  if [ -n "$dassl_archive" ]; then unpack_dassl_archive "$dassl_archive" || return 1; fi
   if [ -n "$dassl_src" ]; then
     [ -f "$dassl_src/setup.py" ] || { echo "install.sh: no Dassl.pytorch checkout at '$dassl_src' (no setup.py)" >&2; return 1; }
     pip --no-build-isolation --no-deps "$dassl_src"
