@@ -113,3 +113,15 @@ def test_help_explains_every_flag():
     for flag in ("--root", "--seed", "--trainer", "--dataset-config-file", "--config-file", "--output-dir",
                  "--resume", "--eval-only", "--model-dir", "--load-epoch", "--no-train", "--backbone"):
         assert flag in result.stdout
+
+
+def test_config_without_normalize_is_refused_instead_of_evaluating_raw_pixels(synthetic_root, tiny_student, tmp_path):
+    """A user's config without "normalize" would evaluate CLIP on raw [0, 1] pixels: one message, exit 2."""
+    with open(os.path.join(REPO_ROOT, "configs/trainers/FDBPL/tiny_ep2.yaml")) as handle:
+        shipped = handle.read().splitlines()
+    config = tmp_path / "no_normalize.yaml"
+    config.write_text("\n".join(line for line in shipped if "TRANSFORMS" not in line) + "\n")
+    stderr = run_failing(*train_args(synthetic_root, tmp_path / "out", tiny_student, "--eval-only",
+                                     trainer="FDBPL", config=str(config)))
+    assert stderr.startswith('error: INPUT.TRANSFORMS is [], without "normalize"')
+    assert 'Add "normalize" to INPUT.TRANSFORMS in the --config-file' in stderr

@@ -42,6 +42,7 @@ class PromptTrainer(TrainerX):
         prec = cfg.TRAINER[self.CONFIG_NODE].PREC
         if prec not in ("fp16", "fp32", "amp"):
             raise ValueError(f"TRAINER.{self.CONFIG_NODE}.PREC must be fp16, fp32 or amp; got {prec!r}")
+        check_normalisation(cfg)
 
     @property
     def precision(self):
@@ -57,10 +58,8 @@ class PromptTrainer(TrainerX):
         return clip_model
 
     def input_normalisation(self):
-        """(mean, std) of the training images' pixels: INPUT.PIXEL_*, or none without the normalize transform."""
-        if "normalize" in self.cfg.INPUT.TRANSFORMS:
-            return tuple(self.cfg.INPUT.PIXEL_MEAN), tuple(self.cfg.INPUT.PIXEL_STD)
-        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        """(mean, std) of every image's pixels: INPUT.PIXEL_*, which `check_cfg` makes Dassl's transforms apply."""
+        return tuple(self.cfg.INPUT.PIXEL_MEAN), tuple(self.cfg.INPUT.PIXEL_STD)
 
     def register_trainable(self, name, module, params=None):
         """Build the optimiser and schedule for `module` (or explicit `params`) and register it."""
@@ -116,6 +115,19 @@ class PromptTrainer(TrainerX):
         model = getattr(self, "model", None)
         with model.frozen_text_features() if hasattr(model, "frozen_text_features") else nullcontext():
             return super().test(split)
+
+
+def check_normalisation(cfg):
+    """Dassl's test transform normalises only with "normalize" in INPUT.TRANSFORMS, while CLIP and the RIL
+    region loader expect INPUT.PIXEL_MEAN/STD-normalised pixels: without it every evaluation is silently off."""
+    transforms = list(cfg.INPUT.TRANSFORMS)
+    if "normalize" not in transforms:
+        raise ValueError(
+            f'INPUT.TRANSFORMS is {transforms}, without "normalize": Dassl\'s test transform would give CLIP raw '
+            "[0, 1] pixels, while CLIP and the training regions are normalised with INPUT.PIXEL_MEAN/PIXEL_STD. "
+            'Add "normalize" to INPUT.TRANSFORMS in the --config-file (as every config under configs/trainers: '
+            'TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]) or to --transforms'
+        )
 
 
 def check_input_size(cfg, clip_model, name):

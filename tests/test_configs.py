@@ -1,0 +1,68 @@
+"""Every shipped trainer config: loads, and evaluates on the pixels CLIP and training expect."""
+import argparse
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO_ROOT, requires_dassl
+
+pytestmark = requires_dassl
+
+TRAINER_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "trainers", "**", "*.yaml"), recursive=True))
+DATASET_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "datasets", "*.yaml")))
+SYNTHETIC = os.path.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
+
+
+def relative(path):
+    return os.path.relpath(path, REPO_ROOT)
+
+
+def merged_cfg(config_file, dataset_config_file):
+    """The config train.py builds from these two files (yacs raises on any unknown key)."""
+    from trainers.config import setup_cfg
+
+    return setup_cfg(argparse.Namespace(dataset_config_file=dataset_config_file, config_file=config_file, opts=[]))
+
+
+@pytest.fixture(scope="module")
+def clip_normalisation(tiny_student):
+    """(mean, std) of CLIP's own preprocessing, as clip.load returns it."""
+    import clip
+    from torchvision.transforms import Normalize
+
+    _, preprocess = clip.load(tiny_student, device="cpu", jit=False)
+    normalize = [step for step in preprocess.transforms if isinstance(step, Normalize)]
+    assert len(normalize) == 1
+    return tuple(normalize[0].mean), tuple(normalize[0].std)
+
+
+@pytest.mark.parametrize("config_file", TRAINER_CONFIGS, ids=relative)
+def test_test_transform_normalises_like_clip_and_like_training_regions(config_file, clip_normalisation, capsys):
+    from dassl.data.transforms import build_transform
+    from torchvision.transforms import Normalize
+
+    from ril.crops import normalize_pixels
+
+    for dataset_config_file in DATASET_CONFIGS:
+        cfg = merged_cfg(config_file, dataset_config_file)
+        last = build_transform(cfg, is_train=False).transforms[-1]
+        assert isinstance(last, Normalize), (
+            f"{relative(config_file)} with {relative(dataset_config_file)}: the test transform ends in "
+            f"{type(last).__name__}, not Normalize: INPUT.TRANSFORMS {list(cfg.INPUT.TRANSFORMS)} lacks \"normalize\""
+        )
+        assert (tuple(last.mean), tuple(last.std)) == clip_normalisation
+        assert (tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)) == clip_normalisation
+
+    # An image already at INPUT.SIZE: evaluation pixels equal the RIL region loader's training pixels.
+    cfg = merged_cfg(config_file, SYNTHETIC)
+    height, width = cfg.INPUT.SIZE
+    rgb = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    evaluated = build_transform(cfg, is_train=False)(Image.fromarray(rgb))
+    trained = normalize_pixels(torch.from_numpy(rgb).permute(2, 0, 1)[None], cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
+    torch.testing.assert_close(evaluated, trained, rtol=0, atol=1e-5)
+    capsys.readouterr()  # Dassl prints every transform it builds
+
