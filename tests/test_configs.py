@@ -1,4 +1,4 @@
-"""Every shipped trainer config: loads, and evaluates on the pixels CLIP and training expect."""
+"""Every shipped trainer config: loads, evaluates on the pixels CLIP and training expect, has its ViT-B/32 twin."""
 import argparse
 import glob
 import os
@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from tests.conftest import REPO_ROOT, requires_dassl
@@ -19,6 +20,11 @@ SYNTHETIC = os.path.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
 
 def relative(path):
     return os.path.relpath(path, REPO_ROOT)
+
+
+def read_yaml(path):
+    with open(path) as handle:
+        return yaml.safe_load(handle)
 
 
 def merged_cfg(config_file, dataset_config_file):
@@ -65,4 +71,25 @@ def test_test_transform_normalises_like_clip_and_like_training_regions(config_fi
     trained = normalize_pixels(torch.from_numpy(rgb).permute(2, 0, 1)[None], cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)[0]
     torch.testing.assert_close(evaluated, trained, rtol=0, atol=1e-5)
     capsys.readouterr()  # Dassl prints every transform it builds
+
+
+def test_every_vit_b16_config_has_a_vit_b32_twin_differing_only_in_the_backbone():
+    """Protocol scripts map `--backbone ViT-B/32` to a config by replacing vit_b16 with vit_b32 in its name."""
+    problems, pairs = [], 0
+    for path in TRAINER_CONFIGS:
+        name = os.path.basename(path)
+        if "vit_b16" not in name:
+            continue
+        twin = os.path.join(os.path.dirname(path), name.replace("vit_b16", "vit_b32"))
+        if not os.path.isfile(twin):
+            problems.append(f"{relative(path)} has no ViT-B/32 twin {relative(twin)}")
+            continue
+        pairs += 1
+        b16, b32 = read_yaml(path), read_yaml(twin)
+        backbones = (b16["MODEL"]["BACKBONE"].pop("NAME"), b32["MODEL"]["BACKBONE"].pop("NAME"))
+        if backbones != ("ViT-B/16", "ViT-B/32"):
+            problems.append(f"{relative(path)} / {relative(twin)}: backbones {backbones}")
+        if b16 != b32:
+            problems.append(f"{relative(path)} and {relative(twin)} differ in more than MODEL.BACKBONE.NAME")
+    assert pairs and not problems, "\n".join(problems)
 
