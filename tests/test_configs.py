@@ -93,3 +93,20 @@ def test_every_vit_b16_config_has_a_vit_b32_twin_differing_only_in_the_backbone(
             problems.append(f"{relative(path)} and {relative(twin)} differ in more than MODEL.BACKBONE.NAME")
     assert pairs and not problems, "\n".join(problems)
 
+
+def test_official_preset_sets_the_official_codes_training_and_names_its_table():
+    path = os.path.join(REPO_ROOT, "configs", "trainers", "FDBPL", "official_vit_b32.yaml")
+    cfg = merged_cfg(path, SYNTHETIC)
+    node = cfg.TRAINER.FDBPL
+    assert cfg.MODEL.BACKBONE.NAME == "ViT-B/32" and cfg.DATASET.NUM_SHOTS == 16
+    assert (cfg.OPTIM.NAME, cfg.OPTIM.LR, cfg.OPTIM.MOMENTUM, cfg.OPTIM.WEIGHT_DECAY) == ("sgd", 0.002, 0.9, 5e-4)
+    assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.MAX_EPOCH, cfg.OPTIM.LR_SCHEDULER) == (32, 50, "cosine")
+    assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_TYPE, cfg.OPTIM.WARMUP_CONS_LR) == (1, "constant", 1e-5)
+    assert (node.CTX_INIT, node.NEG_CTX_INIT) == ("a photo of a", "a photo of no")
+    assert (node.ALPHA, node.LAMBDA_NEG, node.LAMBDA_DIFF1, node.LAMBDA_DIFF2) == (0.5, 1.0, 0.001, 0.0)
+    assert node.DENSIFY == "smooth"
+    with open(path) as handle:
+        header = handle.read().split("\nDATALOADER:")[0]
+    for flag in ("--config-file configs/trainers/FDBPL/official_vit_b32.yaml",
+                 "--teacher open_clip:ViT-H-14-quickgelu/dfn5b", "--regions 500", "--topk 10", "--scale 0.08 0.936"):
+        assert flag in header
