@@ -16,7 +16,7 @@ from .format import (
 )
 
 DENSIFY_MODES = ("smooth", "renorm")
-PROB_FLOOR = 1e-8  # smallest probability given to a class outside the top-K
+PROB_FLOOR = 1e-8  # smooth: smallest probability given to a class outside the top-K
 FIELDS = {name.split("/")[1]: name for name in REGION_DATASETS}  # short name -> dataset
 
 
@@ -139,26 +139,31 @@ class RILTable:
 
 
 def densify(topk_index, topk_logit, logsumexp, num_classes, mode="smooth"):
-    """Dense teacher distributions (B, C) float32 from top-K rows; finite, > 0, rows sum to 1.
+    """Dense teacher distributions (B, C) float32 from top-K rows (K <= C); finite, >= 0, rows sum to 1.
 
     smooth: top-K keep exp(z - lse), the teacher's exact full-softmax values, and the residual mass
     is spread evenly over the other classes (if it is below PROB_FLOOR per class, those get the
-    floor and the row is renormalised). renorm: top-K rescaled to carry 1 - (C-K)*PROB_FLOOR, the
-    other classes get PROB_FLOOR.
+    floor and the row is renormalised); every entry is > 0. renorm: the top-K rescaled to sum to 1
+    and exactly 0 elsewhere, so the teacher's support is its top-K, on which `losses.positive_kd_loss`
+    computes both KL halves (a floor would make the reverse KL mostly log(1 / floor) of the student's
+    mass outside the top-K).
     """
     if mode not in DENSIFY_MODES:
         raise ValueError(f"densify mode must be one of {DENSIFY_MODES}; got {mode!r}")
     index = torch.as_tensor(np.asarray(topk_index, dtype=np.int64))
     top_prob = torch.exp(torch.as_tensor(topk_logit).float() - torch.as_tensor(logsumexp).float()[:, None])
     others = num_classes - index.shape[1]
-    if mode == "renorm" or others == 0:
-        top_prob = top_prob / top_prob.sum(dim=1, keepdim=True) * (1.0 - others * PROB_FLOOR)
+    if mode == "renorm":
+        top_prob = top_prob / top_prob.sum(dim=1, keepdim=True)
+        return torch.zeros(index.shape[0], num_classes).scatter(1, index, top_prob)
+    if others == 0:
+        top_prob = top_prob / top_prob.sum(dim=1, keepdim=True)
         rest = torch.full((index.shape[0],), PROB_FLOOR)
     else:
         rest = (1.0 - top_prob.sum(dim=1)) / others
     floored = rest < PROB_FLOOR
     dense = rest.clamp(min=PROB_FLOOR)[:, None].repeat(1, num_classes).scatter(1, index, top_prob)
-    if mode == "smooth" and floored.any():
+    if floored.any():
         dense[floored] = dense[floored] / dense[floored].sum(dim=1, keepdim=True)
     return dense
 

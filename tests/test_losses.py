@@ -290,13 +290,40 @@ def test_single_class_is_safe():
     assert terms["diff1"].item() == pytest.approx(0.0)
 
 
+def test_pos_on_the_top_k_support_of_a_renormalised_teacher_by_hand():
+    """renorm: p_t = (0.75, 0.25, 0, 0); both halves on q~ = q / q(S), S = {0, 1}, plus -log q(S)."""
+    logits, teacher, weight = [1.0, 0.0, 0.5, -1.0], [0.75, 0.25, 0.0, 0.0], 0.6
+    q = softmax(logits)
+    mass = q[0] + q[1]
+    q_tilde = [q[0] / mass, q[1] / mass]
+    forward = kl(teacher[:2], q_tilde) - math.log(mass)
+    assert forward == pytest.approx(sum(p * math.log(p / q_c) for p, q_c in zip(teacher[:2], q[:2])))
+    for alpha in (0.5, 0.0, 1.0):
+        expected = weight * (alpha * kl(teacher[:2], q_tilde) + (1 - alpha) * kl(q_tilde, teacher[:2])
+                             - math.log(mass))
+        logits_leaf = t([logits]).requires_grad_()
+        loss = positive_kd_loss(logits_leaf, t([teacher]), t([weight]), alpha)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logits_leaf.grad).all()
+        assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert positive_kd_loss(t([logits]), t([teacher]), t([weight]), 1.0).item() == pytest.approx(weight * forward)
+
+
+def test_pos_on_a_support_far_from_the_student_stays_finite():
+    logits = torch.tensor([[-200.0, 0.0, 0.0], [0.0, 80.0, -80.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+    loss = positive_kd_loss(logits, teacher, torch.ones(2), 0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 100 and torch.isfinite(logits.grad).all()
+
+
 def test_bad_inputs_raise_with_the_tensor_named():
     with pytest.raises(ValueError, match="text_neg has shape"):
         terms_for(text_neg=t(TEXT_NEG[:2]))
     with pytest.raises(ValueError, match="teacher_entropy has shape"):
         terms_for(teacher_entropy=t([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match="strictly positive"):
-        terms_for(teacher_prob=t([[1.0, 0.0, 0.0], [0.1, 0.3, 0.6]]))
+    with pytest.raises(ValueError, match="expected probabilities"):
+        terms_for(teacher_prob=t([[1.1, -0.1, 0.0], [0.1, 0.3, 0.6]]))
     with pytest.raises(ValueError, match="not logits"):
         terms_for(teacher_prob=t(LOGITS_POS).exp())
     with pytest.raises(ValueError, match="ALPHA"):

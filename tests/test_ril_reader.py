@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ril.format import RILTableError
-from ril.reader import PROB_FLOOR, RILTable, densify
+from ril.reader import RILTable, densify
 from tests.test_ril_format import build_table
 
 
@@ -35,25 +35,29 @@ def test_smooth_keeps_the_teacher_softmax_on_top_k_and_spreads_the_rest():
     assert torch.allclose(dense.sum(1), torch.ones(2), atol=1e-6) and (dense > 0).all()
 
 
-def test_renorm_rescales_top_k_and_floors_the_rest():
+def test_renorm_rescales_top_k_and_zeroes_the_rest():
+    """The zeros mark the teacher's support, on which positive_kd_loss takes both KL halves."""
     index, values, lse = _stored([[2.0, 1.0, 0.0, -1.0]], 2)
     dense = densify(index, values, lse, 4, "renorm")
     top = np.exp(values.astype(np.float64) - lse[:, None])[0]
-    expected_top = top / top.sum() * (1 - 2 * PROB_FLOOR)
-    assert np.allclose(dense[0, :2].numpy(), expected_top, rtol=1e-6)
-    assert torch.equal(dense[0, 2:], torch.full((2,), PROB_FLOOR))
+    assert np.allclose(dense[0, :2].numpy(), top / top.sum(), rtol=1e-6)
+    assert torch.equal(dense[0, 2:], torch.zeros(2))
     assert abs(float(dense.sum()) - 1) < 1e-6
 
 
 @pytest.mark.parametrize("mode", ["smooth", "renorm"])
-def test_densified_rows_are_positive_distributions_even_for_a_certain_teacher(mode):
+def test_densified_rows_are_distributions_even_for_a_certain_teacher(mode):
+    """smooth is positive everywhere; renorm exactly on the top-K (every class when K = C)."""
     logits = np.zeros((3, 50), dtype=np.float32)
     logits[0, 7] = 60.0  # top-1 carries all but ~1e-24 of the mass
     logits[1] = np.linspace(-3, 3, 50)
     logits[2] = 0.0  # uniform
     for topk in (1, 5, 50):
+        index = _stored(logits, topk)[0]
         dense = densify(*_stored(logits, topk), 50, mode)
-        assert torch.isfinite(dense).all() and (dense > 0).all()
+        on_top_k = torch.zeros(3, 50, dtype=torch.bool).scatter(1, torch.as_tensor(index.astype(np.int64)), True)
+        assert torch.isfinite(dense).all() and (dense[on_top_k] > 0).all()
+        assert torch.equal(dense > 0, torch.ones_like(on_top_k) if mode == "smooth" else on_top_k)
         assert torch.allclose(dense.sum(1), torch.ones(3), atol=1e-5)
     assert int(dense[0].argmax()) == 7
 

@@ -41,11 +41,11 @@ def information_weight(teacher_entropy, num_classes):
 
 
 def _check_teacher_prob(teacher_prob):
-    if not torch.all(teacher_prob > 0):
+    if not torch.all(teacher_prob >= 0):
         raise ValueError(
-            f"teacher_prob has a minimum of {teacher_prob.min().item():.4g}, expected strictly "
-            "positive probabilities (reverse KL needs them): densify the RIL soft labels "
-            "(smooth or renorm) instead of passing top-K probabilities or logits"
+            f"teacher_prob has a minimum of {teacher_prob.min().item():.4g}, expected probabilities "
+            "(>= 0, 0 outside the teacher's support): densify the RIL soft labels (smooth or renorm) "
+            "instead of passing logits"
         )
     row_sums = teacher_prob.sum(dim=1)
     if not torch.all((row_sums - 1.0).abs() <= PROB_SUM_TOLERANCE):
@@ -58,7 +58,12 @@ def _check_teacher_prob(teacher_prob):
 def positive_kd_loss(logits, teacher_prob, info_weight, alpha=0.5):
     """L_pos (DESIGN 5): mean_b w_b [alpha KL(p_t || q) + (1 - alpha) KL(q || p_t)], q = softmax.
 
-    logits (B, C); teacher_prob (B, C), positive, rows sum to 1, no gradient; info_weight (B,).
+    logits (B, C); teacher_prob (B, C), >= 0, rows sum to 1, no gradient; info_weight (B,).
+    Where p_t has zeros (renorm densification: its support S is the top-K), KL(q || p_t) would be
+    infinite, so both halves use q~ = q / q(S) on S, and -log q(S), the part of the forward KL that
+    penalises mass off S (KL(p_t || q) = KL(p_t || q~) - log q(S)), is charged once for both:
+    alpha KL(p_t || q~) + (1 - alpha) KL(q~ || p_t) - log q(S). The forward half is unchanged, and
+    for a positive p_t (smooth) q(S) = 1, so this is the formula above.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha (TRAINER.FDBPL.ALPHA) is {alpha}, expected a value in [0, 1]")
@@ -69,11 +74,15 @@ def positive_kd_loss(logits, teacher_prob, info_weight, alpha=0.5):
         )
     teacher_prob = _at_least_fp32(teacher_prob.detach())
     _check_teacher_prob(teacher_prob)
-    teacher_log_prob = teacher_prob.log()
+    off_support = teacher_prob == 0
+    teacher_log_prob = teacher_prob.masked_fill(off_support, 1.0).log()  # 0 off S, where every term has weight 0
     student_log_prob = F.log_softmax(_at_least_fp32(logits), dim=1)
-    forward_kl = (teacher_prob * (teacher_log_prob - student_log_prob)).sum(dim=1)
-    reverse_kl = (student_log_prob.exp() * (student_log_prob - teacher_log_prob)).sum(dim=1)
-    per_region = alpha * forward_kl + (1.0 - alpha) * reverse_kl
+    log_mass = torch.logsumexp(student_log_prob.masked_fill(off_support, -math.inf), dim=1)  # log q(S)
+    support_log_prob = student_log_prob - log_mass[:, None]
+    support_prob = support_log_prob.masked_fill(off_support, -math.inf).exp()
+    forward_kl = (teacher_prob * (teacher_log_prob - support_log_prob)).sum(dim=1)
+    reverse_kl = (support_prob * (support_log_prob - teacher_log_prob)).sum(dim=1)
+    per_region = alpha * forward_kl + (1.0 - alpha) * reverse_kl - log_mass
     return (_at_least_fp32(info_weight.detach()) * per_region).mean()
 
 
