@@ -29,7 +29,7 @@ from datetime import timedelta  # noqa: E402
 import torch  # noqa: E402
 
 from ril.format import RILTableError, run_fingerprint, training_images  # noqa: E402
-from ril.templates import DEFAULT_TEMPLATES, TEMPLATE_SETS  # noqa: E402
+from ril.templates import DEFAULT_HELP, TEMPLATE_SETS  # noqa: E402
 
 EXIT_ERROR = 2
 PROCESS_GROUP_TIMEOUT = timedelta(hours=24)  # ranks wait at the barrier until the slowest shard ends
@@ -63,13 +63,14 @@ def build_parser():
     pre.add_argument("--teacher", default="ViT-L/14", help="OpenAI CLIP name or checkpoint path, or open_clip:MODEL/PRETRAINED "
                      "(e.g. open_clip:ViT-H-14-quickgelu/dfn5b, needs open_clip_torch) (default ViT-L/14)")
     pre.add_argument("--regions", type=int, default=500, help="M, regions per image (default 500)")
-    pre.add_argument("--topk", type=int, default=20, help="K, teacher classes kept per region (default 20)")
+    pre.add_argument("--topk", type=int, default=20, help="K, teacher classes kept per region; a run with fewer "
+                     "classes keeps all C of them, and the table records K = min(K, C) (default 20)")
     pre.add_argument("--crop-seed", type=int, default=0, help="seed of the region sampler, >= 0 (default 0)")
     pre.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
                      help="RandomResizedCrop area range (default 0.08 1.0; the official FDBPL code uses 0.08 0.936)")
     pre.add_argument("--templates", action="append", metavar="TEMPLATE",
                      help=f'a class-text template with "{{}}" or a set name ({", ".join(TEMPLATE_SETS)}); repeat '
-                     f'the flag to ensemble several (default "{DEFAULT_TEMPLATES[0]}")')
+                     f"the flag to ensemble several (default: {DEFAULT_HELP}, as the official FDBPL and PromptKD code)")
     pre.add_argument("--out", required=True, help="table file to write, e.g. ril/oxford_pets_16shot_seed1.h5")
     add_run_flags(pre)
 
@@ -141,7 +142,6 @@ def load_inputs(args, rank, world_size, device):
 
 def run_precompute(args):
     from ril.precompute import RegionSpec, precompute
-    from ril.templates import resolve_templates
 
     rank, world_size, device = init_distributed(args.device)
     if rank > 0:
@@ -151,7 +151,7 @@ def run_precompute(args):
         spec = RegionSpec(
             num_regions=args.regions, topk=args.topk, output_size=tuple(cfg.INPUT.SIZE),
             interpolation=cfg.INPUT.INTERPOLATION, scale=tuple(args.scale), crop_seed=args.crop_seed,
-            templates=resolve_templates(args.templates),
+            templates=tuple(args.templates or ()),
         )
         paths, labels = training_images(dataset, cfg.DATASET.ROOT)
         precompute(

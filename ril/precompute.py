@@ -10,7 +10,7 @@ the same --batch-size: a forward of another size may round differently).
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .format import (
     open_table_file, set_complete, shard_path, validate_structure, write_image,
 )
 from .merge import merge_tables
-from .templates import DEFAULT_TEMPLATES
+from .templates import resolve_templates
 
 logger = logging.getLogger(__name__)
 MAX_CLASSES = np.iinfo(np.uint16).max + 1  # topk_index is uint16
@@ -31,7 +31,11 @@ MAX_CLASSES = np.iinfo(np.uint16).max + 1  # topk_index is uint16
 
 @dataclass(frozen=True)
 class RegionSpec:
-    """How regions are sampled and scored; all of it is stored in the table's attributes."""
+    """How regions are sampled and scored; all of it is stored in the table's attributes.
+
+    `topk` is the K asked for: the table keeps min(topk, C). `templates` are `--templates` items
+    (literals or set names); empty = the dataset's CoOp template. `precompute` records both as used.
+    """
 
     num_regions: int = 500
     topk: int = 20
@@ -41,7 +45,7 @@ class RegionSpec:
     ratio: tuple = (3 / 4, 4 / 3)
     flip_prob: float = 0.5
     crop_seed: int = 0
-    templates: tuple = DEFAULT_TEMPLATES
+    templates: tuple = ()
 
 
 class SampledRegions:
@@ -112,6 +116,19 @@ def table_settings(teacher, spec):
     }
 
 
+def effective_spec(spec, fingerprint):
+    """`spec` as the table records it: K = min(topk, C), templates resolved for the run's dataset."""
+    num_classes = len(fingerprint["classnames"])
+    if spec.topk < 1:
+        raise ValueError(f"--topk {spec.topk}: K, the teacher classes kept per region, must be at least 1")
+    topk = min(spec.topk, num_classes)
+    logger.info("Top-K: --topk %d requested, the run has %d classes, so the table keeps K = %d classes per region",
+                spec.topk, num_classes, topk)
+    templates = resolve_templates(spec.templates, fingerprint["dataset"])
+    logger.info("Teacher class texts: %d template(s) %s", len(templates), list(templates[:3]))
+    return replace(spec, topk=topk, templates=templates)
+
+
 def _check_request(teacher, spec, num_classes):
     if tuple(teacher.input_size) != tuple(spec.output_size):
         raise ValueError(
@@ -119,8 +136,6 @@ def _check_request(teacher, spec, num_classes):
             f"{tuple(spec.output_size)} (INPUT.SIZE): the teacher must see the student's pixels, so set "
             "INPUT.SIZE to the teacher's resolution or pick a teacher with the student's resolution"
         )
-    if not 1 <= spec.topk <= num_classes:
-        raise ValueError(f"--topk {spec.topk} must be between 1 and the number of classes ({num_classes})")
     if num_classes > MAX_CLASSES:
         raise ValueError(f"{num_classes} classes do not fit the uint16 topk_index (at most {MAX_CLASSES})")
     if spec.num_regions < 1 or spec.crop_seed < 0:
@@ -178,9 +193,11 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
 
     `image_paths` are relative to `image_root`, in the order of `fingerprint` (see
     `format.run_fingerprint`). With world_size > 1 (an initialised torch.distributed group),
-    this rank fills its shard and rank 0 merges all shards into `out`.
+    this rank fills its shard and rank 0 merges all shards into `out`. The table records
+    `effective_spec(spec, fingerprint)`.
     """
     classnames = fingerprint["classnames"]
+    spec = effective_spec(spec, fingerprint)
     _check_request(teacher, spec, len(classnames))
     _refuse_existing_output(out, overwrite, world_size)
     attrs = make_attrs(fingerprint, table_settings(teacher, spec), rank, world_size)

@@ -2,17 +2,23 @@
 
 The sets are the project's template data (`trainers/templates.py`); several templates are
 ensembled (mean of normalised text features, renormalised), as in CLIP's ImageNet evaluation.
+Without any, the teacher reads the dataset's CoOp template, as the official FDBPL and PromptKD
+code do (e.g. "a photo of a {}, a type of pet." for OxfordPets).
 """
-from trainers.templates import CLIP_IMAGENET_TEMPLATES, CLIP_SELECTED_TEMPLATES, DEFAULT_TEMPLATE, PROMPTSRC_TEMPLATES
+from trainers.templates import CLIP_IMAGENET_TEMPLATES, CLIP_SELECTED_TEMPLATES, PROMPTSRC_TEMPLATES, dataset_template
 
-DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
 TEMPLATE_SETS = {"imagenet80": CLIP_IMAGENET_TEMPLATES, "imagenet7": CLIP_SELECTED_TEMPLATES, "promptsrc60": PROMPTSRC_TEMPLATES}
+DEFAULT_HELP = "the dataset's CoOp template, e.g. \"a photo of a {}, a type of pet.\" for OxfordPets"
 
 
-def resolve_templates(items):
-    """Expand set names and validate literals: a tuple of templates, each with exactly one "{}"."""
+def resolve_templates(items, dataset_name):
+    """Expand set names and validate literals: a tuple of templates, each with exactly one "{}".
+
+    No `items` gives the CoOp template of `dataset_name` (DATASET.NAME; "a photo of a {}." for a
+    dataset CoOp does not know).
+    """
     templates = []
-    for item in items or DEFAULT_TEMPLATES:
+    for item in items or (dataset_template(dataset_name),):
         if item in TEMPLATE_SETS:
             templates.extend(TEMPLATE_SETS[item])
         elif item.count("{}") == 1:

@@ -11,13 +11,16 @@ import torch
 import torch.nn.functional as F
 from clip import clip
 
+from ril.features import add_student_features
 from ril.format import RILTableError, shard_path
 from ril.merge import merge_tables
 from ril.precompute import RegionSpec, precompute
 from ril.reader import RILTable
 from ril.region_dataset import RegionDataset
+from ril.summary import verify
 from ril.teachers import load_openai_clip, load_teacher, parse_teacher_spec
-from tests.test_ril_format import build_table, toy_fingerprint, write_images
+from tests.test_ril_format import CLASSNAMES, build_table, toy_fingerprint, write_images
+from trainers.templates import CLIP_SELECTED_TEMPLATES
 
 RESULTS = ("images/size", "regions/box", "regions/flip", "regions/topk_index", "regions/topk_logit",
            "regions/logsumexp", "regions/entropy", "progress/done")
@@ -206,3 +209,39 @@ def test_open_clip_teacher_from_a_local_weights_file(tmp_path):
     precompute(out, root, paths, labels, toy_fingerprint(paths, labels), teacher, spec, batch_size=4, workers=0)
     table = RILTable(out)
     assert table.attrs["teacher"] == teacher.teacher_id and table.attrs["teacher_sha256"] == teacher.checkpoint_sha256
+
+
+def test_topk_above_the_class_count_keeps_every_class_and_says_so(built, tmp_path, caplog, tiny_student):
+    """K = min(K, C): --topk 20 on 4 classes stores K = 4, and every reader of the table takes it."""
+    _, root, paths, labels, teacher = built
+    out = str(tmp_path / "k20.h5")
+    with caplog.at_level("INFO", logger="ril.precompute"):
+        precompute(out, root, paths, labels, toy_fingerprint(paths, labels), teacher,
+                   RegionSpec(num_regions=5, topk=20, output_size=(32, 32)), batch_size=4, workers=0)
+    assert "--topk 20 requested, the run has 4 classes, so the table keeps K = 4 classes per region" in caplog.text
+    table = RILTable(out)
+    assert table.topk == table.attrs["topk"] == len(CLASSNAMES) == 4
+    assert verify(out, toy_fingerprint(paths, labels)) == []
+    for mode in ("smooth", "renorm"):
+        item = RegionDataset(table, root, 32, teacher.mean, teacher.std, repeat=5, densify_mode=mode)[2]
+        assert item["soft_label"].shape == (5, 4) and (item["soft_label"] > 0).all()
+        assert torch.allclose(item["soft_label"].sum(1), torch.ones(5), atol=1e-5)
+    add_student_features(out, root, tiny_student, workers=0)
+    assert RILTable(out).has_features()
+    with pytest.raises(ValueError, match="--topk 0: K, the teacher classes kept per region, must be at least 1"):
+        precompute(str(tmp_path / "k0.h5"), root, paths, labels, toy_fingerprint(paths, labels), teacher,
+                   RegionSpec(num_regions=5, topk=0, output_size=(32, 32)), workers=0)
+
+
+def test_default_templates_are_the_datasets_coop_template_and_sets_stay_selectable(built, tmp_path):
+    _, root, paths, labels, teacher = built
+    for dataset, templates, recorded in (
+        ("OxfordPets", (), ["a photo of a {}, a type of pet."]),
+        ("EuroSAT", (), ["a centered satellite photo of {}."]),
+        ("Toy", (), ["a photo of a {}."]),
+        ("OxfordPets", ("imagenet7", "art of a {}."), [*CLIP_SELECTED_TEMPLATES, "art of a {}."]),
+    ):
+        out = str(tmp_path / f"{dataset}_{len(templates)}.h5")
+        precompute(out, root, paths[:2], labels[:2], toy_fingerprint(paths[:2], labels[:2], dataset=dataset),
+                   teacher, RegionSpec(num_regions=2, topk=2, output_size=(32, 32), templates=templates), workers=0)
+        assert RILTable(out).attrs["templates"] == recorded

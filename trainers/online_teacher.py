@@ -101,9 +101,10 @@ def _channels(values, device):
 
 
 def load_online_teacher(spec, classnames, pixel_mean, pixel_std, device="cpu", templates=(), prompt_dir="",
-                        epoch=None, ctx_init="a photo of a", truncate=True):
+                        epoch=None, ctx_init="a photo of a", truncate=True, dataset_name=""):
     """An OnlineTeacher of teacher `spec` for `classnames`: prompted from the run folder `prompt_dir`, else
-    zero-shot with `templates` (names or strings as `--templates` takes them; empty = "a photo of a {}.").
+    zero-shot with `templates` (names or strings as `--templates` takes them; empty = the CoOp template of
+    `dataset_name`, as an RIL table's default).
 
     `pixel_mean` / `pixel_std` are the student's input normalisation.
     """
@@ -119,5 +120,5 @@ def load_online_teacher(spec, classnames, pixel_mean, pixel_std, device="cpu", t
         with torch.no_grad():
             class_features = prompted.encode_text().float()
     else:
-        class_features = frozen.class_features(classnames, resolve_templates(templates))
+        class_features = frozen.class_features(classnames, resolve_templates(templates, dataset_name))
     return OnlineTeacher(frozen, class_features, pixel_mean, pixel_std, prompted)

@@ -29,7 +29,6 @@ from .base import PromptTrainer
 from .deep_prompts import DeepPromptInjector, LayerPrompts, check_depth, tower_widths
 from .losses import distillation_kl
 from .online_teacher import load_online_teacher, teacher_checkpoint
-from .templates import dataset_template
 
 TEXT_FEATURES_FILE = "teacher_text_features.pt"
 
@@ -163,7 +162,7 @@ class PromptKD(PromptTrainer):
         print(f"Loading the teacher CLIP ({node.TEACHER_BACKBONE}, {kind})")
         teacher = load_online_teacher(
             node.TEACHER_BACKBONE, classnames, *self.input_normalisation(), self.device,
-            templates=(dataset_template(cfg.DATASET.NAME),), prompt_dir=node.TEACHER_DIR,
+            dataset_name=cfg.DATASET.NAME, prompt_dir=node.TEACHER_DIR,
             epoch=node.TEACHER_EPOCH or None, ctx_init=node.TEACHER_CTX_INIT, truncate=cfg.MODEL.TEXT_TRUNCATION,
         )
         return teacher, f"{node.TEACHER_BACKBONE}, {kind}"
