@@ -17,6 +17,8 @@ from tests.cli_runs import (
     precompute_table,
     train,
 )
+from tests.test_promptkd import reference_teacher, synthetic_classnames, teacher_run  # noqa: F401 (fixture)
+from trainers.templates import CLIP_SELECTED_TEMPLATES
 
 pytestmark = requires_dassl
 
@@ -159,6 +161,51 @@ def test_boost_online_distils_the_teacher_without_labels(boost_runs, data_root, 
     assert summary["loss"] == pytest.approx(1000.0 * summary["kd"], rel=1e-5)  # KD_WEIGHT of the tiny config
 
 
+def first_images(trainer):
+    """The training images of the first batch, after the trainer's teacher was loaded."""
+    trainer.before_train()
+    return next(iter(trainer.train_loader_x))["img"]
+
+
+def test_online_teacher_reads_the_datasets_coop_template_by_default(data_root, tiny_student, tiny_teacher,
+                                                                    tmp_path, monkeypatch, capsys):
+    """Synthetic's CoOp template is the plain one, so give it another to tell the two apart."""
+    from ril.teachers import load_teacher
+    from trainers.templates import DATASET_TEMPLATES
+
+    monkeypatch.setitem(DATASET_TEMPLATES, "Synthetic", "a blurry photo of a {}.")
+    opts = (*ALL_OPTS, "TRAINER.CASPL.TEACHER_BACKBONE", tiny_teacher)
+    trainer = build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path, opts=opts)
+    first_images(trainer)
+    assert "zero-shot, class texts from ['a blurry photo of a {}.']" in capsys.readouterr().out
+    frozen = load_teacher(tiny_teacher)
+    classnames = synthetic_classnames()
+    torch.testing.assert_close(trainer.teacher.class_features,
+                               frozen.class_features(classnames, ["a blurry photo of a {}."]))
+    chosen = build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path / "set",
+                           opts=(*opts, "TRAINER.CASPL.TEACHER_TEMPLATES", "('imagenet7',)"))
+    first_images(chosen)
+    torch.testing.assert_close(chosen.teacher.class_features,
+                               frozen.class_features(classnames, CLIP_SELECTED_TEMPLATES))
+
+
+def test_online_teacher_fine_tuned_by_promptsrc(data_root, tiny_student, tiny_teacher, teacher_run, tmp_path, capsys):
+    """TEACHER_DIR: stage 1 distils the tuned PromptSRC teacher of tests/test_promptkd.py, not the zero-shot one."""
+    base = (*ALL_OPTS, "TRAINER.CASPL.TEACHER_BACKBONE", tiny_teacher)
+    tuned = build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path / "tuned", opts=(
+        *base, "TRAINER.CASPL.TEACHER_DIR", str(teacher_run), "TRAINER.CASPL.TEACHER_EPOCH", "2"))
+    images = first_images(tuned)
+    assert f"(prompted from {teacher_run})" in capsys.readouterr().out
+    zero_shot = build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path / "zero_shot", opts=base)
+    first_images(zero_shot)
+    reference = reference_teacher(tiny_teacher, teacher_run, synthetic_classnames())
+    with torch.no_grad():
+        expected = reference.logits(reference.encode_image(images), reference.encode_text())
+    tuned_logits = tuned.teacher.logits(images)
+    torch.testing.assert_close(tuned_logits, expected, rtol=1e-4, atol=1e-4)
+    assert (tuned_logits - zero_shot.teacher.logits(images)).abs().max() > 1e-2
+
+
 def test_boost_from_the_table_runs_no_teacher(boost_runs):
     output_dir, stdout = boost_runs["ril"]
     assert "Training from RIL table" in stdout and " kd " in stdout and "online teacher" not in stdout
@@ -226,6 +273,15 @@ def test_stage1_errors_name_the_key(data_root, tiny_student, tmp_path):
     with pytest.raises(ValueError, match="N_CTX_TEXT is 2"):
         build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path,
                       opts=(*ALL_OPTS, "TRAINER.CASPL.N_CTX_TEXT", "2"))
+    with pytest.raises(ValueError, match="with TEACHER_SOURCE ril the teacher is the one that scored the RIL table"):
+        build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path, opts=(
+            *ALL_OPTS, "TRAINER.CASPL.TEACHER_SOURCE", "ril", "TRAINER.CASPL.TEACHER_DIR", str(tmp_path)))
+    with pytest.raises(ValueError, match="reads no templates"):
+        build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path, opts=(
+            *ALL_OPTS, "TRAINER.CASPL.TEACHER_DIR", str(tmp_path), "TRAINER.CASPL.TEACHER_TEMPLATES", "('imagenet7',)"))
+    with pytest.raises(FileNotFoundError, match="holds neither prompt_learner/"):
+        build_trainer(data_root, "CasPL_Boost", tiny_student, tmp_path,
+                      opts=(*ALL_OPTS, "TRAINER.CASPL.TEACHER_DIR", str(tmp_path)))
 
 
 def test_script_chains_table_boost_cascade_and_evaluation(tmp_path, tiny_student, tiny_teacher):

@@ -3,7 +3,9 @@
 The student carries IVLP prompts in both towers (TRAINER.CASPL: text and vision tokens in layers
 0..PROMPT_DEPTH_*-1) and learns the teacher's class distribution over the run's classes; labels are
 never read. TEACHER_SOURCE `online` (the paper) runs TEACHER_BACKBONE on every batch against class
-text features computed once per run, loss KL(teacher || student) at TEMPERATURE; `ril` (ours,
+text features computed once per run (zero-shot from TEACHER_TEMPLATES, default the dataset's CoOp
+template; or fine-tuned: the IVLP prompts of a PromptSRC run in TEACHER_DIR, as the paper's tuned
+teacher), loss KL(teacher || student) at TEMPERATURE; `ril` (ours,
 teacher-free) reads the teacher's soft labels from an RIL table (TRAINER.FDBPL.RIL_TABLE) with
 FDBPL's L_pos at temperature 1: per region, the teacher's information weight times a forward /
 reverse KL mix (TRAINER.FDBPL.ALPHA; 1 = forward KL only). Both are scaled as PromptKD publishes its
@@ -16,9 +18,10 @@ from dassl.engine import TRAINER_REGISTRY
 from .base import PromptTrainer
 from .deep_prompts import DeepPromptedCLIP, IVLPPrompts
 from .losses import distillation_kl
-from .online_teacher import load_online_teacher
+from .online_teacher import load_online_teacher, teacher_checkpoint
 from .prompt_learners import count_tokens
 from .ril_supervision import RILSupervision
+from .templates import dataset_template
 
 BOOST_MODEL = "prompt_learner"  # the checkpoint folder of the boosting prompts in a stage-1 run
 TEACHER_SOURCES = ("online", "ril")
@@ -66,6 +69,24 @@ class CasPL_Boost(RILSupervision, PromptTrainer):
                 f"TRAINER.CASPL.TEMPERATURE is {node.TEMPERATURE}, but an RIL table stores the teacher's "
                 "temperature-1 probabilities; set TEMPERATURE 1.0 with TEACHER_SOURCE ril"
             )
+        if node.TEACHER_DIR:
+            self.check_tuned_teacher(node)
+
+    @staticmethod
+    def check_tuned_teacher(node):
+        """TEACHER_DIR prompts the online teacher: it needs TEACHER_SOURCE online and replaces TEACHER_TEMPLATES."""
+        if node.TEACHER_SOURCE == "ril":
+            raise ValueError(
+                f"TRAINER.CASPL.TEACHER_DIR is {node.TEACHER_DIR!r}, but with TEACHER_SOURCE ril the teacher is the "
+                "one that scored the RIL table (TRAINER.FDBPL.RIL_TABLE): clear TEACHER_DIR, or set TEACHER_SOURCE "
+                "online to run the fine-tuned teacher on every batch"
+            )
+        if node.TEACHER_TEMPLATES:
+            raise ValueError(
+                f"TRAINER.CASPL.TEACHER_TEMPLATES is {list(node.TEACHER_TEMPLATES)}, but a teacher prompted from "
+                f"TEACHER_DIR {node.TEACHER_DIR!r} reads no templates: clear one of the two"
+            )
+        teacher_checkpoint(node.TEACHER_DIR, node.TEACHER_EPOCH or None)
 
     def build_model(self):
         clip_model = self.load_clip_model()
@@ -82,11 +103,14 @@ class CasPL_Boost(RILSupervision, PromptTrainer):
         if self.from_table:
             super().prepare_training()
             return
-        node = self.method_cfg
-        print(f"CasPL online teacher {node.TEACHER_BACKBONE}, class texts from {node.TEACHER_TEMPLATES or 'the default template'}")
+        node, cfg = self.method_cfg, self.cfg
+        texts = list(node.TEACHER_TEMPLATES) or [dataset_template(cfg.DATASET.NAME)]
+        kind = f"prompted from {node.TEACHER_DIR}" if node.TEACHER_DIR else f"zero-shot, class texts from {texts}"
+        print(f"CasPL online teacher {node.TEACHER_BACKBONE} ({kind})")
         self.teacher = load_online_teacher(
             node.TEACHER_BACKBONE, self.dm.dataset.classnames, *self.input_normalisation(), self.device,
-            templates=node.TEACHER_TEMPLATES,
+            templates=node.TEACHER_TEMPLATES, prompt_dir=node.TEACHER_DIR, epoch=node.TEACHER_EPOCH or None,
+            truncate=cfg.MODEL.TEXT_TRUNCATION, dataset_name=cfg.DATASET.NAME,
         )
 
     def forward_backward(self, batch):

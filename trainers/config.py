@@ -104,8 +104,11 @@ def extend_cfg(cfg):
     cfg.TRAINER.CASPL.TEACHER_SOURCE = "online"  # stage 1: online (teacher CLIP on every batch) or ril
     # (soft labels from TRAINER.FDBPL.RIL_TABLE with FDBPL's L_pos; no teacher runs)
     cfg.TRAINER.CASPL.TEACHER_BACKBONE = "ViT-L/14"  # online teacher: CLIP name, checkpoint path or open_clip:M/P
-    cfg.TRAINER.CASPL.TEACHER_TEMPLATES = ()  # online teacher class texts (templates or set names as in
-    # `python -m ril precompute --templates`); empty = "a photo of a {}."
+    cfg.TRAINER.CASPL.TEACHER_TEMPLATES = ()  # online zero-shot teacher class texts (templates or set names as
+    # in `python -m ril precompute --templates`); empty = the dataset's CoOp template, as an RIL table's default
+    cfg.TRAINER.CASPL.TEACHER_DIR = ""  # online teacher: a PromptSRC run on TEACHER_BACKBONE (or a published
+    # PromptKD teacher folder holding VLPromptLearner/) for a fine-tuned teacher; empty = zero-shot teacher
+    cfg.TRAINER.CASPL.TEACHER_EPOCH = 20  # TEACHER_DIR's checkpoint epoch; 0 = model-best.pth.tar
     cfg.TRAINER.CASPL.TEMPERATURE = 1.0  # KD temperature of the online mode (must be 1 with ril)
     cfg.TRAINER.CASPL.KD_WEIGHT = 1000.0  # stage-1 loss weight; the KL is summed and divided by B * C
     # (PromptKD's published normalisation and weight, which CasPL's unreleased code is assumed to share)
