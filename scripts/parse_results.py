@@ -1,7 +1,9 @@
 """Results table of the benchmark protocols: Base / New / HM or accuracy, mean ± std over seeds.
 
-Reads the `log.txt` Dassl writes into every run folder. Missing or unfinished runs are marked and
-listed, never averaged in. Needs numpy and tabulate only (matplotlib for --plot).
+Reads one Dassl log per run folder: the one its finished.txt names (the attempt the protocol scripts
+saw succeed), else log.txt, as CoOp's parse_test_res.py. Missing or unfinished runs are marked and
+listed, never averaged in; a run read from another file than log.txt gets a note. Needs numpy and
+tabulate only (matplotlib for --plot).
 """
 import argparse
 import csv
@@ -66,6 +68,9 @@ FINISH_MARKS = ("Finish training", "Finished training")  # Dassl; older Dassl fo
 ACCURACY_LINE = re.compile(r"^\* accuracy: ([0-9.eE+-]+)%$")
 EPOCH_LINE = re.compile(r"^epoch \[\d+/\d+\]")
 TRACEBACK = "Traceback (most recent call last):"
+MARKER = "finished.txt"  # the protocol scripts' completion marker: date, command, then "log <file>"
+LOG = "log.txt"
+VOUCHED = "log "
 
 
 class ResultsError(ValueError):
@@ -133,27 +138,30 @@ def parse_log(text):
     return float(accuracy.group(1)), ""
 
 
-def log_files(run_dir):
-    """Newest first: Dassl writes log.txt-<timestamp> instead when the folder already has log.txt."""
-    names = sorted(glob.glob("log.txt-*", root_dir=run_dir), reverse=True)
-    if os.path.isfile(os.path.join(run_dir, "log.txt")):
-        names.append("log.txt")
-    return [os.path.join(run_dir, name) for name in names]
+def vouched_log(run_dir):
+    """The log file finished.txt names: the one its successful attempt wrote (log.txt-<timestamp> when
+    Dassl found a log.txt of an earlier attempt); None without such a line (or without finished.txt)."""
+    marker = os.path.join(run_dir, MARKER)
+    if not os.path.isfile(marker):
+        return None
+    with open(marker, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()[2:]  # after the date and the command
+    return next((line[len(VOUCHED):].strip() for line in lines if line.startswith(VOUCHED)), None)
 
 
 def read_run(run_dir, seed):
-    """The newest complete log of a run folder, else the problem of its newest log."""
-    paths = log_files(run_dir)
-    if not paths:
-        return Run(seed, run_dir, None, "missing: no log.txt in the run folder")
-    failed = None
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as log:
-            accuracy, problem = parse_log(log.read())
-        if accuracy is not None:
-            return Run(seed, path, accuracy, "")
-        failed = failed or Run(seed, path, None, problem)
-    return failed
+    """The run in the log finished.txt vouches for, else in log.txt; never another attempt's log."""
+    vouched = vouched_log(run_dir)
+    path = os.path.join(run_dir, vouched or LOG)
+    if not os.path.isfile(path):
+        if vouched:
+            return Run(seed, path, None, f"missing: {MARKER} names {vouched}, which is not in the run folder")
+        others = sorted(glob.glob(LOG + "-*", root_dir=run_dir))
+        unread = f" (its {', '.join(others)} not read: no {MARKER} names one)" if others else ""
+        return Run(seed, run_dir, None, f"missing: no {LOG} in the run folder{unread}")
+    with open(path, encoding="utf-8", errors="replace") as log:
+        accuracy, problem = parse_log(log.read())
+    return Run(seed, path, accuracy, problem)
 
 
 def layout_of(protocol):
@@ -327,6 +335,7 @@ def _seed_pattern(run):
 
 
 def _problem_notes(table, results):
+    """One note per problem and cell, and one per run read from another file than log.txt."""
     for (column, dataset), runs in results.cells.items():
         failed = {}
         for run in runs:
@@ -337,6 +346,21 @@ def _problem_notes(table, results):
             table.notes.append(f"{column_label(table, column)}, {display_name(dataset)}: "
                                f"seed{'s' * (len(seeds) > 1)} {' '.join(seeds)} {problem}: "
                                + pattern.replace("\0", listed))
+        for run in runs:
+            if os.path.basename(run.path).startswith(LOG + "-"):
+                table.notes.append(f"{column_label(table, column)}, {display_name(dataset)}: seed {run.seed} "
+                                   f"read from {run.path}, the log {MARKER} names (not log.txt)")
+
+
+def run_listing(table, results):
+    """One line per expected run: the cell, the file read (or the folder expected) and its result."""
+    lines = ["Runs (cell, seed: file read -> accuracy or problem):"]
+    for (column, dataset), runs in results.cells.items():
+        for run in runs:
+            outcome = f"{run.accuracy:.2f}" if run.accuracy is not None else run.problem
+            lines.append(f"  {column_label(table, column)}, {display_name(dataset)}, seed {run.seed}: "
+                         f"{run.path} -> {outcome}")
+    return lines
 
 
 def summarize(results):
@@ -465,6 +489,8 @@ def build_parser():
     parser.add_argument("--shots", nargs="+", type=int, metavar="K",
                         help="shots per class: one value for base2new and the transfer protocols "
                              "(default 16); the table columns for few_shot (default: all found)")
+    parser.add_argument("--list-runs", action="store_true",
+                        help="also print every run of the table with the log file read and its accuracy or problem")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     parser.add_argument("--csv", metavar="FILE",
                         help="also write one CSV row per trainer, cfg, shots, dataset and metric")
@@ -487,9 +513,13 @@ folder layouts (dataset folders may be config stems or DATASET.NAME):
              ImageNetV2/Sketch/A/R, unless --datasets is given.
   few_shot   few_shot/<Dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>/
 
-A run is complete when the last '=> result' block of its log holds '* accuracy: X%', comes after
-'Finish training' in a training log and has no Python traceback after it. The newest complete log
-counts: Dassl writes log.txt-<timestamp> instead of log.txt when it reruns into the same folder.
+One log per run folder is read. Dassl writes log.txt-<timestamp> instead of log.txt when it reruns
+into a folder, so a folder may hold several. The protocol scripts name the log of the attempt that
+succeeded in finished.txt ('log <file>', third line); that file is read. Without such a line (the
+reference layouts, or older runs) log.txt is read, as CoOp's parse_test_res.py reads it. The notes
+name every run read from another file than log.txt; --list-runs lists the file read for every run.
+A run is complete when the last '=> result' block of that log holds '* accuracy: X%', comes after
+'Finish training' in a training log and has no Python traceback after it.
 
 Cells are mean ± population std (numpy's default, as the original parsers) over the complete seeds,
 marked (k/n) when only k of the n expected seeds are complete; the notes list every missing or
@@ -508,6 +538,8 @@ def main(argv=None):
         sys.exit(f"parse_results.py: {error}")
     table = summarize(results)
     print(render_text(table), end="")
+    if args.list_runs:
+        print("\n".join(run_listing(table, results)))
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as handle:
             handle.write(render_markdown(table))

@@ -123,16 +123,60 @@ def test_parse_log_incomplete(text, reason):
     assert accuracy is None and reason in problem
 
 
-def test_read_run_prefers_newest_complete_log_of_a_rerun(tmp_path):
-    write_log(tmp_path, "seed1", train_log(70.0))
-    write_log(tmp_path, "seed1", train_log(60.0), name="log.txt-2024-05-01-10-00-00")
-    rerun = write_log(tmp_path, "seed1", train_log(73.4), name="log.txt-2024-05-02-10-00-00")
-    write_log(tmp_path, "seed1", HEADER + EPOCHS, name="log.txt-2024-05-03-10-00-00")
-    assert pr.read_run(str(tmp_path / "seed1"), 1) == pr.Run(1, str(rerun), 73.4, "")
-    write_log(tmp_path, "seed2", HEADER + EPOCHS + CRASH)
-    newest = write_log(tmp_path, "seed2", HEADER + EPOCHS, name="log.txt-2024-05-03-10-00-00")
-    assert pr.read_run(str(tmp_path / "seed2"), 2) == pr.Run(
-        2, str(newest), None, "crashed or still running: training never printed 'Finish training'")
+def write_reruns(root, rel):
+    """A folder of four attempts: log.txt 70, then 60, 73.4 and an unfinished one as log.txt-<timestamp>."""
+    write_log(root, rel, train_log(70.0))
+    write_log(root, rel, train_log(60.0), name="log.txt-2024-05-01-10-00-00")
+    write_log(root, rel, train_log(73.4), name="log.txt-2024-05-02-10-00-00")
+    write_log(root, rel, HEADER + EPOCHS, name="log.txt-2024-05-03-10-00-00")
+    return root / rel
+
+
+def write_marker(folder, *extra):
+    (folder / "finished.txt").write_text("\n".join(["2024-05-01 10:00:00", "python train.py --seed 1", *extra, ""]))
+
+
+def test_read_run_reads_the_log_finished_txt_names_not_the_newest(tmp_path):
+    folder = write_reruns(tmp_path, "seed1")
+    write_marker(folder, "log log.txt-2024-05-01-10-00-00")
+    assert pr.read_run(str(folder), 1) == pr.Run(1, str(folder / "log.txt-2024-05-01-10-00-00"), 60.0, "")
+    write_marker(folder, "log log.txt-2024-05-09-10-00-00")
+    assert pr.read_run(str(folder), 1) == pr.Run(
+        1, str(folder / "log.txt-2024-05-09-10-00-00"), None,
+        "missing: finished.txt names log.txt-2024-05-09-10-00-00, which is not in the run folder")
+
+
+@pytest.mark.parametrize("marker", [None, ()], ids=["no finished.txt", "finished.txt without a log line"])
+def test_read_run_reads_log_txt_as_coop_parser_when_no_log_is_named(tmp_path, marker):
+    folder = write_reruns(tmp_path, "seed1")
+    if marker is not None:
+        write_marker(folder, *marker)
+    assert pr.read_run(str(folder), 1) == pr.Run(1, str(folder / "log.txt"), 70.0, "")
+    (folder / "log.txt").write_text(HEADER + EPOCHS + CRASH)
+    assert pr.read_run(str(folder), 1) == pr.Run(
+        1, str(folder / "log.txt"), None, "crashed or still running: training never printed 'Finish training'")
+    (folder / "log.txt").unlink()
+    run = pr.read_run(str(folder), 1)
+    assert run.accuracy is None and run.problem == (
+        "missing: no log.txt in the run folder (its log.txt-2024-05-01-10-00-00, log.txt-2024-05-02-10-00-00, "
+        "log.txt-2024-05-03-10-00-00 not read: no finished.txt names one)")
+
+
+def test_table_notes_and_lists_the_log_read(b2n_root, capsys):
+    folder = b2n_root / b2n_rel("test_new", "Caltech101", "CoOp", "vit_b16", 2)
+    write_log(b2n_root, b2n_rel("test_new", "Caltech101", "CoOp", "vit_b16", 2), eval_log(40.0),
+              name="log.txt-2024-05-02-10-00-00")
+    write_marker(folder, "log log.txt-2024-05-02-10-00-00")
+    table = pr.summarize(pr.collect(str(b2n_root), "base2new", trainers=["CoOp"]))
+    assert cells(table)[1][2] == "61.33 ± 15.08"  # New of seeds 1-3: 72, 40, 72
+    assert table.notes == [f"CoOp New, Caltech101: seed 2 read from {folder / 'log.txt-2024-05-02-10-00-00'}, "
+                           "the log finished.txt names (not log.txt)"]
+    pr.main([str(b2n_root), "--trainers", "CoOp", "--list-runs"])
+    listing = capsys.readouterr().out.split("Runs (cell, seed: file read -> accuracy or problem):\n")[1]
+    assert f"  CoOp New, Caltech101, seed 2: {folder / 'log.txt-2024-05-02-10-00-00'} -> 40.00\n" in listing
+    dtd = b2n_root / b2n_rel("test_base", "DescribableTextures", "CoOp", "vit_b16", 3) / "log.txt"
+    assert f"  CoOp Base, DTD, seed 3: {dtd} -> 60.00\n" in listing
+    assert len(listing.strip().splitlines()) == 2 * 2 * 3  # Base and New, 2 datasets, 3 seeds
 
 
 def test_read_run_without_log(tmp_path):
