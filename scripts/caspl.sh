@@ -4,11 +4,12 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-SCRIPT_FLAGS="--data --out --trainer --cfg --boost-cfg --teacher-source --teacher --boost-shots --datasets --seeds
-  --shots --backbone --regions --topk --ril-dir --ril-workers --nproc --device --dry-run --verbose"
+SCRIPT_FLAGS="--data --out --trainer --cfg --boost-cfg --teacher-source --teacher --teacher-dir --teacher-epoch
+  --boost-shots --datasets --seeds --shots --backbone --regions --topk --ril-dir --ril-workers --nproc --device
+  --dry-run --verbose"
 DEFAULT_DATASETS="$ELEVEN_DATASETS"
 DEFAULT_TRAINER="CoOp_CasPL MaPLe_CasPL PromptSRC_CasPL"
-DEFAULT_BOOST_CFG="vit_b16_c2_ep20_batch8_4+4ctx"
+DEFAULT_BOOST_CFG="$(default_cfg CasPL_Boost)"
 DEFAULT_TEACHER_SOURCE=online
 DEFAULT_BOOST_SHOTS=0
 DATA_NOTE="required"
@@ -22,16 +23,10 @@ script_flag_spec() {
     --boost-cfg) echo "BOOST_CFG|NAME|stage-1 config: a name in configs/trainers/CasPL_Boost/ or a .yaml path" ;;
     --teacher-source) echo "TEACHER_SOURCE|online or ril|stage-1 teacher: online runs the teacher CLIP on every batch (the paper); ril distils from an RIL table, built first when missing (teacher-free training)" ;;
     --teacher) echo "TEACHER|NAME_OR_PATH|teacher of stage 1: OpenAI CLIP name, checkpoint path or open_clip:MODEL/PRETRAINED (TRAINER.CASPL.TEACHER_BACKBONE, or the RIL table's teacher)" ;;
+    --teacher-dir) echo "TEACHER_DIR|DIR|online teacher of stage 1 tuned by PromptSRC on --teacher: that run's folder (e.g. scripts/promptkd.sh's stage-1 teacher run) (TRAINER.CASPL.TEACHER_DIR) (default: none, the zero-shot teacher)" ;;
+    --teacher-epoch) echo "TEACHER_EPOCH|N|checkpoint epoch of --teacher-dir; 0: model-best.pth.tar (TRAINER.CASPL.TEACHER_EPOCH) (default: the config's)" ;;
     --boost-shots) echo "BOOST_SHOTS|K|unlabelled training images per class of stage 1, all classes (DATASET.NUM_SHOTS; <= 0: all, as the paper)" ;;
     --shots) echo "SHOTS|K|labelled images per base class of stage 2 (DATASET.NUM_SHOTS); names the run folders; one value" ;;
-  esac
-}
-
-default_cfg() {
-  case "$1" in
-    CoOp_CasPL) echo vit_b16_ep50_ctxv1 ;;
-    MaPLe_CasPL) echo vit_b16_c2_ep5_batch4_2ctx ;;
-    *) echo "vit_b16_c2_ep20_batch4_4+4ctx" ;;
   esac
 }
 
@@ -62,15 +57,22 @@ LOAD_EPOCH=""  # eval-only runs load the last epoch of their config
 require_one_value --shots "$SHOTS"
 require_one_value --boost-shots "$BOOST_SHOTS"
 check_numbers BOOST_SHOTS "$BOOST_SHOTS"
+check_numbers TEACHER_EPOCH "$TEACHER_EPOCH"
 case "$TEACHER_SOURCE" in online|ril) ;; *) usage_error "--teacher-source is '$TEACHER_SOURCE'; expected online or ril" ;; esac
+if [ "$TEACHER_SOURCE" = ril ] && [ -n "$TEACHER_DIR$TEACHER_EPOCH" ]; then
+  usage_error "--teacher-dir and --teacher-epoch choose a tuned online teacher; an RIL table (--teacher-source ril) holds the zero-shot teacher's labels"
+fi
+if [ -n "$TEACHER_DIR" ] && [ ! -d "$TEACHER_DIR" ] && [ "${DRY_RUN:-}" != 1 ]; then
+  die "--teacher-dir '$TEACHER_DIR' is not a directory; pass the output folder of the teacher's PromptSRC run"
+fi
 for trainer in $TRAINER; do
   [[ "$trainer" == *_CasPL ]] || usage_error "--trainer '$trainer' is not a CasPL stage-2 trainer (CoOp_CasPL, MaPLe_CasPL, PromptSRC_CasPL)"
 done
 resolve_methods
-boost_cfg="$(config_file CasPL_Boost "$REPO_ROOT/configs/trainers/CasPL_Boost" "$BOOST_CFG")"
+TRAINERS=(CasPL_Boost "${TRAINERS[@]}") CFG_FILES=("" "${CFG_FILES[@]}") CFG_NAMES=("" "${CFG_NAMES[@]}")
+CFG_BACKBONES=("" "${CFG_BACKBONES[@]}")
+method_config 0 "$BOOST_CFG"
 for i in "${!CFG_NAMES[@]}"; do CFG_NAMES[i]+="_$TEACHER_SOURCE"; done
-TRAINERS=(CasPL_Boost "${TRAINERS[@]}") CFG_FILES=("$boost_cfg" "${CFG_FILES[@]}")
-CFG_NAMES=("$(stem "$BOOST_CFG")_$TEACHER_SOURCE" "${CFG_NAMES[@]}")
 # shellcheck disable=SC2086  # DATASETS is a list
 check_datasets $DATASETS
 print_plan caspl "datasets $DATASETS | teacher $TEACHER ($TEACHER_SOURCE) | boost shots $BOOST_SHOTS"
@@ -79,16 +81,19 @@ print_plan caspl "datasets $DATASETS | teacher $TEACHER ($TEACHER_SOURCE) | boos
 boost() {
   local dataset="$1" seed="$2" dir="$3" label teacher_opts
   label="stage 1 CasPL_Boost $(stem "$dataset") ${BOOST_SHOTS}-shot unlabelled seed $seed, teacher $TEACHER ($TEACHER_SOURCE)"
-  pending "$dir" "$label" || return 0
   if [ "$TEACHER_SOURCE" = ril ]; then
-    ensure_table 0 "$dataset" "$seed" "$BOOST_SHOTS" all
+    set_table 0 "$dataset" "$seed" "$BOOST_SHOTS" all
     teacher_opts=(TRAINER.CASPL.TEACHER_SOURCE ril TRAINER.FDBPL.RIL_TABLE "$TABLE")
   else
     teacher_opts=(TRAINER.CASPL.TEACHER_SOURCE online TRAINER.CASPL.TEACHER_BACKBONE "$TEACHER")
+    if [ -n "$TEACHER_DIR" ]; then teacher_opts+=(TRAINER.CASPL.TEACHER_DIR "$TEACHER_DIR"); fi
+    if [ -n "$TEACHER_EPOCH" ]; then teacher_opts+=(TRAINER.CASPL.TEACHER_EPOCH "$TEACHER_EPOCH"); fi
   fi
   train_cmd 0 "$dataset" "$seed" "$dir"
   CMD+=(DATASET.NUM_SHOTS "$BOOST_SHOTS" DATASET.SUBSAMPLE_CLASSES all "${teacher_opts[@]}")
   end_cmd
+  step_pending "$dir" "$OUT" "$label" "${CMD[@]}" || return 0
+  if [ "$TEACHER_SOURCE" = ril ]; then ensure_table 0 "$dataset" "$seed" "$BOOST_SHOTS" all; fi
   run_step "$dir" "$label" "${CMD[@]}"
 }
 
@@ -101,12 +106,10 @@ for dataset in $DATASETS; do
     for i in $(seq 1 $((${#TRAINERS[@]} - 1))); do
       train_dir="$(base2new_dir train_base "$i" "$dataset" "$seed")"
       label="stage 2 ${TRAINERS[i]} $name"
-      if pending "$train_dir" "$label"; then
-        train_cmd "$i" "$dataset" "$seed" "$train_dir"
-        CMD+=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base TRAINER.CASPL.BOOST_DIR "$boost_dir")
-        end_cmd
-        run_step "$train_dir" "$label" "${CMD[@]}"
-      fi
+      train_cmd "$i" "$dataset" "$seed" "$train_dir"
+      CMD+=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base TRAINER.CASPL.BOOST_DIR "$boost_dir")
+      end_cmd
+      if step_pending "$train_dir" "$OUT" "$label" "${CMD[@]}"; then run_step "$train_dir" "$label" "${CMD[@]}"; fi
       evaluate_base_new "$i" "$dataset" "$seed" "$train_dir" "${TRAINERS[i]} $name"
     done
   done

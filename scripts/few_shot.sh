@@ -8,6 +8,7 @@ SCRIPT_FLAGS="--data --out --trainer --cfg --datasets --seeds --shots --backbone
   --regions --topk --ril-dir --ril-workers --nproc --device --dry-run --verbose"
 DEFAULT_DATASETS="$ELEVEN_DATASETS"
 DEFAULT_SHOTS="1 2 4 8 16"
+CFG_PROTOCOL=few_shot
 DATA_NOTE="required"
 
 usage() {

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 SCRIPT_FLAGS="--data --out --cfg --teacher-cfg --datasets --seeds --shots --student-shots --backbone --teacher
   --zero-shot-teacher --non-transductive --device --dry-run --verbose"
 DEFAULT_DATASETS="$ELEVEN_DATASETS"
-DEFAULT_CFG="vit_b16_c2_ep20_batch8_4+4ctx"
+DEFAULT_CFG="$(default_cfg PromptKD)"
 DEFAULT_TEACHER_CFG="vit_l14_c2_ep20_batch8_4+4ctx"
 DATA_NOTE="required"
 SHOTS_NOTE="one value"
@@ -34,8 +34,10 @@ PromptKD (CVPR 2024) base-to-new. For every dataset and seed:
            shots; evaluate it eval-only on base and on new;
   stage 2  distil the student (PromptKD, --backbone) from it: transductive by default, i.e. on the
            unlabelled training images of ALL classes (--student-shots per class), the teacher run
-           online on every batch and its class text features stored once in the run folder;
-           evaluate it eval-only on base and on new with those stored features.
+           online on every batch and its class text features stored once in the run folder, with
+           the published TRAINER.PROMPTKD.KD_WEIGHT: 200.0 on fgvc_aircraft, oxford_flowers and dtd,
+           1000.0 on the others (-- TRAINER.PROMPTKD.KD_WEIGHT 500.0 sets another); evaluate it
+           eval-only on base and on new with those stored features.
 Then prints the Base / New / HM table of both (scripts/parse_results.py). Run folders:
   OUT/base2new/{train_base,test_base,test_new}/<dataset>/shots_<K>/{PromptSRC,PromptKD}/<cfg>/seed<S>/
 $RESUME_HELP
@@ -62,10 +64,11 @@ if [ "$NON_TRANSDUCTIVE" = 1 ]; then
   kd_opts+=(TRAINER.PROMPTKD.TRANSDUCTIVE False)
 fi
 if [ "$ZERO_SHOT_TEACHER" = 1 ]; then
-  TRAINERS=(PromptKD) CFG_FILES=("$kd_cfg") CFG_NAMES=("$kd_name")
+  TRAINERS=(PromptKD) CFG_FILES=("$kd_cfg") CFG_NAMES=("$kd_name") CFG_BACKBONES=("$BACKBONE")
 else
   teacher_cfg="$(config_file "PromptKD teacher" "$REPO_ROOT/configs/trainers/PromptKD/teacher" "$TEACHER_CFG")"
   TRAINERS=(PromptSRC PromptKD) CFG_FILES=("$teacher_cfg" "$kd_cfg") CFG_NAMES=("$(stem "$TEACHER_CFG")" "$kd_name")
+  CFG_BACKBONES=("$TEACHER" "$BACKBONE")
 fi
 MAX_EPOCHS=() INPUT_TAGS=()
 KD=$((${#TRAINERS[@]} - 1))  # index of PromptKD; 1 means stage 1 (index 0) runs
@@ -73,26 +76,33 @@ KD=$((${#TRAINERS[@]} - 1))  # index of PromptKD; 1 means stage 1 (index 0) runs
 check_datasets $DATASETS
 print_plan promptkd "datasets $DATASETS | teacher $TEACHER | student shots $STUDENT_SHOTS"
 
+# kd_weight DATASET: the published TRAINER.PROMPTKD.KD_WEIGHT (PromptKD's scripts/promptkd/base2new_train.sh).
+kd_weight() {
+  case "$(stem "$1")" in
+    fgvc_aircraft|oxford_flowers|dtd) echo 200.0 ;;  # a float, as yacs requires of this key
+    *) echo 1000.0 ;;
+  esac
+}
+
 for dataset in $DATASETS; do
   for seed in $SEEDS; do
     name="$(stem "$dataset") ${SHOTS}-shot seed $seed"
     teacher_opts=(TRAINER.PROMPTKD.TEACHER_BACKBONE "$TEACHER" TRAINER.PROMPTKD.TEACHER_DIR "")
     if [ "$KD" = 1 ]; then
       teacher_dir="$(base2new_dir train_base 0 "$dataset" "$seed")"
-      BACKBONE="$TEACHER" train_step 0 "$dataset" "$seed" "$teacher_dir" "$SHOTS" base "stage 1 teacher $name"
-      BACKBONE="$TEACHER" evaluate_base_new 0 "$dataset" "$seed" "$teacher_dir" "teacher $name"
+      train_step 0 "$dataset" "$seed" "$teacher_dir" "$SHOTS" base "stage 1 teacher $name"
+      evaluate_base_new 0 "$dataset" "$seed" "$teacher_dir" "teacher $name"
       read_config_values
       teacher_opts=(TRAINER.PROMPTKD.TEACHER_BACKBONE "$TEACHER" TRAINER.PROMPTKD.TEACHER_DIR "$teacher_dir"
                     TRAINER.PROMPTKD.TEACHER_EPOCH "${MAX_EPOCHS[0]}")
     fi
     student_dir="$(base2new_dir train_base "$KD" "$dataset" "$seed")"
     label="stage 2 PromptKD $name, ${STUDENT_SHOTS}-shot unlabelled"
-    if pending "$student_dir" "$label"; then
-      train_cmd "$KD" "$dataset" "$seed" "$student_dir"
-      CMD+=(DATASET.NUM_SHOTS "$STUDENT_SHOTS" DATASET.SUBSAMPLE_CLASSES base "${teacher_opts[@]}" "${kd_opts[@]}")
-      end_cmd
-      run_step "$student_dir" "$label" "${CMD[@]}"
-    fi
+    train_cmd "$KD" "$dataset" "$seed" "$student_dir"
+    CMD+=(DATASET.NUM_SHOTS "$STUDENT_SHOTS" DATASET.SUBSAMPLE_CLASSES base "${teacher_opts[@]}"
+          TRAINER.PROMPTKD.KD_WEIGHT "$(kd_weight "$dataset")" ${kd_opts[@]+"${kd_opts[@]}"})
+    end_cmd
+    if step_pending "$student_dir" "$OUT" "$label" "${CMD[@]}"; then run_step "$student_dir" "$label" "${CMD[@]}"; fi
     evaluate_base_new "$KD" "$dataset" "$seed" "$student_dir" "PromptKD $name"
   done
 done

@@ -24,11 +24,37 @@ DEFAULT_REGIONS=500
 DEFAULT_TOPK=20
 DEFAULT_RIL_WORKERS=4
 DEFAULT_NPROC=1
+CFG_PROTOCOL=base2new  # column of DEFAULT_CFGS; few_shot.sh and the transfer scripts set theirs
+# Default method config per trainer and protocol: the paper's base-to-new config, and the published
+# *_few_shot and *_cross_datasets configs where they exist ("-": the protocol does not run that trainer).
+# FDBPL-family trainers default to FDBPL's ViT-B/32 student, the others to ViT-B/16; --backbone
+# ViT-B/16 or ViT-B/32 puts every trainer of a sweep on that student (see method_config).
+# trainer        base2new                        few_shot                                cross (cross_dataset, DG)
+DEFAULT_CFGS="
+ZeroshotCLIP     vit_b16                         vit_b16                                 vit_b16
+CoOp             vit_b16_ep50_ctxv1              vit_b16_ep50                            vit_b16_ep50_ctxv1
+MaPLe            vit_b16_c2_ep5_batch4_2ctx      vit_b16_c2_ep5_batch4_2ctx              vit_b16_c2_ep5_batch4_2ctx_cross_datasets
+PromptSRC        vit_b16_c2_ep20_batch4_4+4ctx   vit_b16_c2_ep50_batch4_4+4ctx_few_shot  vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets
+FDBPL            vit_b32_ep50                    vit_b32_ep50                            vit_b32_ep50
+CoOp_FDBPL       vit_b32_ep50_ctxv1              vit_b32_ep50_ctxv1                      vit_b32_ep50_ctxv1
+MaPLe_FDBPL      vit_b32_c2_ep5_batch4_2ctx      vit_b32_c2_ep5_batch4_2ctx              vit_b32_c2_ep5_batch4_2ctx
+PromptSRC_FDBPL  vit_b32_c2_ep20_batch4_4+4ctx   vit_b32_c2_ep20_batch4_4+4ctx           vit_b32_c2_ep20_batch4_4+4ctx
+PromptKD         vit_b16_c2_ep20_batch8_4+4ctx   -                                       -
+CasPL_Boost      vit_b16_c2_ep20_batch8_4+4ctx   -                                       -
+CoOp_CasPL       vit_b16_ep50_ctxv1              -                                       -
+MaPLe_CasPL      vit_b16_c2_ep5_batch4_2ctx      -                                       -
+PromptSRC_CasPL  vit_b16_c2_ep20_batch4_4+4ctx   -                                       -
+"
 TRANSFER_FLAGS="--data --out --trainer --cfg --source-dataset --target-datasets --seeds --shots --backbone
   --load-epoch --teacher --regions --topk --ril-dir --ril-workers --nproc --device --dry-run --verbose"
+SETTINGS="settings.txt"  # the command of a step, written into its folder before it runs
 RESUME_HELP="A step counts as finished only when its folder holds $MARKER, written after its command
-exits 0. Finished steps are skipped and unfinished ones rerun (Dassl resumes an interrupted
-training from its checkpoints), so a killed sweep continues where it stopped."
+exits 0 (with the log file that attempt wrote). Finished steps are skipped and unfinished ones rerun
+(Dassl resumes an interrupted training from its checkpoints), so a killed sweep continues where it
+stopped. Each step's folder records its command in $SETTINGS; a step whose folder records other
+settings (trainer, configs, overrides, data root, backbone, RIL table, load epoch) stops the sweep
+before anything runs and names the differences: give the new sweep another --out, or delete the
+folder."
 
 die() { echo "$PROG: $*" >&2; exit 1; }
 usage_error() { echo "$PROG: $* (see $PROG --help)" >&2; exit 2; }
@@ -47,8 +73,8 @@ common_flag_spec() {
     --out) echo "OUT|DIR|output root of every run folder (and of RIL tables, unless --ril-dir)" ;;
     --trainer) echo "TRAINER|\"NAME ...\"|trainers to run, e.g. \"ZeroshotCLIP CoOp FDBPL\"" ;;
     --cfg) echo "CFG|\"NAME ...\"|method config of each trainer: a name in configs/trainers/<TRAINER>/ or a" \
-                ".yaml path; one for all trainers or one per trainer (default: vit_b32_ep50 for FDBPL and" \
-                "*_FDBPL, vit_b16 for ZeroshotCLIP, vit_b16_ep50 otherwise)" ;;
+                ".yaml path; one for all trainers or one per trainer (default: each trainer's published" \
+                "config, listed under 'Default configs')" ;;
     --datasets) echo "DATASETS|\"NAME ...\"|datasets: names in configs/datasets/ or .yaml paths" ;;
     --source-dataset) echo "SOURCE_DATASET|NAME|dataset the model is trained on (all classes): a name in" \
                            "configs/datasets/ or a .yaml path" ;;
@@ -57,8 +83,12 @@ common_flag_spec() {
     --shots) echo "SHOTS|\"K ...\"|training images per class (DATASET.NUM_SHOTS; <= 0: all)${SHOTS_NOTE:+; $SHOTS_NOTE}" ;;
     --subsample) echo "SUBSAMPLE|base, all or new|classes the tables cover (DATASET.SUBSAMPLE_CLASSES):" \
                       "base for base2new, all for the other protocols" ;;
-    --backbone) echo "BACKBONE|NAME_OR_PATH|student CLIP, passed as train.py --backbone (default: the" \
-                     "config's MODEL.BACKBONE.NAME)" ;;
+    --backbone) echo "BACKBONE|NAME_OR_PATH|student CLIP of every trainer. ViT-B/16 or ViT-B/32: each config" \
+                     "named vit_b16 or vit_b32 is replaced by its twin named for this student (an error" \
+                     "names a missing twin), so <cfg> in the run folders names the student. Any other" \
+                     "value (RN50, a checkpoint path) is passed as train.py --backbone and appended to" \
+                     "<cfg> (a path as its file name and a checksum) (default: each config's" \
+                     "MODEL.BACKBONE.NAME)" ;;
     --load-epoch) echo "LOAD_EPOCH|N|checkpoint epoch that eval-only runs load (default: OPTIM.MAX_EPOCH of" \
                        "each config and the trailing opts, read through trainers/config.py)" ;;
     --teacher) echo "TEACHER|NAME_OR_PATH|RIL teacher of FDBPL-family trainers (FDBPL, *_FDBPL): OpenAI CLIP" \
@@ -93,6 +123,7 @@ print_flags() {
   echo "  -h, --help          show this help"
   echo
   echo "A flag wins over its environment variable. PYTHON (default python3) is the interpreter used."
+  if accepts_flag --trainer; then print_default_cfgs; fi
 }
 
 accepts_flag() {
@@ -178,13 +209,55 @@ require_one_value() {
 is_fdbpl_family() { [[ "$1" == FDBPL || "$1" == *_FDBPL ]]; }
 needs_training() { [ "$1" != ZeroshotCLIP ]; }
 
+# staged_script TRAINER: the script that runs TRAINER after the stage it builds on (a teacher or
+# boosting prompts), if TRAINER has one.
+staged_script() {
+  case "$1" in
+    PromptKD) echo promptkd.sh ;;
+    CasPL_Boost|*_CasPL) echo caspl.sh ;;
+  esac
+}
+
+# trains_here TRAINER: true when this script can run TRAINER (precompute_ril.sh only reads its config).
+trains_here() {
+  local script
+  script="$(staged_script "$1")"
+  [ -z "$script" ] || [ "$script" = "$PROG" ] || [ "$PROG" = precompute_ril.sh ]
+}
+
+# cfg_table_entry TRAINER: its DEFAULT_CFGS entry in the column of CFG_PROTOCOL ("" when not listed).
+cfg_table_entry() {
+  local column
+  case "$CFG_PROTOCOL" in base2new) column=2 ;; few_shot) column=3 ;; cross) column=4 ;; esac
+  awk -v trainer="$1" -v column="$column" '$1 == trainer { print $column }' <<< "$DEFAULT_CFGS"
+}
+
+# default_cfg TRAINER: its DEFAULT_CFGS entry for CFG_PROTOCOL (the demo: tiny configs).
 default_cfg() {
+  local cfg
   if [ "${DEMO:-0}" = 1 ]; then
     if needs_training "$1"; then echo tiny_ep2; else echo tiny; fi
-  elif is_fdbpl_family "$1"; then echo vit_b32_ep50
-  elif needs_training "$1"; then echo vit_b16_ep50
-  else echo vit_b16
+    return 0
   fi
+  cfg="$(cfg_table_entry "$1")"
+  if [ -z "$cfg" ] || [ "$cfg" = - ]; then
+    usage_error "trainer '$1' has no default config for $CFG_PROTOCOL (DEFAULT_CFGS in scripts/lib/common.sh);" \
+      "pass --cfg"
+  fi
+  echo "$cfg"
+}
+
+# print_default_cfgs: the DEFAULT_CFGS column of this script, for the trainers its --trainer takes.
+print_default_cfgs() {
+  local trainer cfg
+  echo
+  echo "Default configs (--cfg), in configs/trainers/<TRAINER>/:"
+  while read -r trainer _; do
+    [ -n "$trainer" ] && trains_here "$trainer" || continue
+    if [ "$PROG" = caspl.sh ] && [[ "$trainer" != *_CasPL ]]; then continue; fi
+    cfg="$(cfg_table_entry "$trainer")"
+    if [ "$cfg" != - ]; then printf '  %-16s %s\n' "$trainer" "$cfg"; fi
+  done <<< "$DEFAULT_CFGS"
 }
 
 stem() { local name="${1##*/}"; echo "${name%.yaml}"; }
@@ -214,21 +287,56 @@ check_datasets() {
   for dataset in "$@"; do dataset_config "$dataset" > /dev/null; done
 }
 
-# resolve_methods: TRAINERS[i], CFG_FILES[i] and CFG_NAMES[i] from TRAINER and CFG.
+# resolve_methods: TRAINERS[i], CFG_FILES[i], CFG_NAMES[i] and CFG_BACKBONES[i] from TRAINER, CFG and BACKBONE.
 resolve_methods() {
-  local cfgs i cfg
+  local cfgs i cfg script
   read -ra TRAINERS <<< "$TRAINER"
   read -ra cfgs <<< "${CFG:-}"
   [ "${#TRAINERS[@]}" -gt 0 ] || usage_error "--trainer/TRAINER is empty"
   if [ "${#cfgs[@]}" -gt 1 ] && [ "${#cfgs[@]}" -ne "${#TRAINERS[@]}" ]; then
     usage_error "--cfg has ${#cfgs[@]} configs for ${#TRAINERS[@]} trainers; give one for all or one per trainer"
   fi
-  CFG_FILES=() CFG_NAMES=() MAX_EPOCHS=() INPUT_TAGS=()
+  CFG_FILES=() CFG_NAMES=() CFG_BACKBONES=() MAX_EPOCHS=() INPUT_TAGS=()
   for i in "${!TRAINERS[@]}"; do
-    if [ "${#cfgs[@]}" -gt 1 ]; then cfg="${cfgs[i]}"; else cfg="${cfgs[0]:-$(default_cfg "${TRAINERS[i]}")}"; fi
-    CFG_FILES[i]="$(config_file "${TRAINERS[i]}" "$REPO_ROOT/configs/trainers/${TRAINERS[i]}" "$cfg")"
-    CFG_NAMES[i]="$(stem "$cfg")"
+    script="$(staged_script "${TRAINERS[i]}")"
+    trains_here "${TRAINERS[i]}" || usage_error "--trainer ${TRAINERS[i]} trains on a stage it builds on" \
+      "(a teacher or boosting prompts), which $PROG does not run: use scripts/$script"
+    if [ "${#cfgs[@]}" -gt 1 ]; then cfg="${cfgs[i]}"
+    elif [ "${#cfgs[@]}" -eq 1 ]; then cfg="${cfgs[0]}"
+    else cfg="$(default_cfg "${TRAINERS[i]}")" || exit 2
+    fi
+    method_config "$i" "$cfg"
   done
+}
+
+# method_config I CFG: CFG_FILES[I], CFG_NAMES[I] and CFG_BACKBONES[I] (train.py --backbone, or "")
+# of TRAINERS[I] with config CFG on the student BACKBONE (see --backbone).
+method_config() {
+  local i="$1" cfg="$2" dir="$REPO_ROOT/configs/trainers/${TRAINERS[$1]}" twin file
+  local student name="${2##*/}"
+  student="$(backbone_slug "${BACKBONE:-}")"
+  CFG_BACKBONES[i]=""
+  if [ -n "$student" ] && [[ "$name" =~ vit_b(16|32) ]]; then
+    name="${name//vit_b16/$student}"
+    twin="${cfg%"${cfg##*/}"}${name//vit_b32/$student}"
+    if [[ "$twin" == *.yaml ]]; then file="$twin"; else file="$dir/$twin.yaml"; fi
+    [ -f "$file" ] || die "--backbone $BACKBONE puts every trainer on $BACKBONE, but ${TRAINERS[i]}'s config" \
+      "'$cfg' has no $BACKBONE twin: ${file#"$REPO_ROOT"/} does not exist. Add it (the same config with" \
+      "MODEL.BACKBONE.NAME \"$BACKBONE\"), pass another --cfg, or leave out --backbone"
+    cfg="$twin"
+  elif [ -n "${BACKBONE:-}" ]; then
+    CFG_BACKBONES[i]="$BACKBONE"
+  fi
+  CFG_FILES[i]="$(config_file "${TRAINERS[i]}" "$dir" "$cfg")"
+  CFG_NAMES[i]="$(stem "$cfg")${CFG_BACKBONES[i]:+_$(checkpoint_tag "$BACKBONE")}"
+}
+
+# backbone_slug NAME: vit_b16 or vit_b32, the config-name form of ViT-B/16 and ViT-B/32; else nothing.
+backbone_slug() {
+  case "$1" in
+    ViT-B/16) echo vit_b16 ;;
+    ViT-B/32) echo vit_b32 ;;
+  esac
 }
 
 # read_config_values: MAX_EPOCHS[i] and INPUT_TAGS[i] ("224px_bicubic") of
@@ -271,9 +379,39 @@ pending() {
   return 1
 }
 
-# run_step DIR LABEL CMD...: run CMD with its output in DIR/console.txt; mark DIR finished on exit 0.
+# check_settings DIR ROOT LABEL CMD...: stop when DIR (under the output root ROOT) records other
+# settings than CMD's (scripts/lib/run_settings.py), so no folder ever mixes two sweeps.
+check_settings() {
+  local dir="$1" root="$2" label="$3" differences
+  shift 3
+  [ -d "$dir" ] || return 0
+  differences="$("$PYTHON" "$REPO_ROOT/scripts/lib/run_settings.py" "$dir" "$root" "$REPO_ROOT" -- "$@")" ||
+    die "$label: $differences"
+}
+
+# step_pending DIR ROOT LABEL CMD...: check_settings, then pending.
+step_pending() {
+  check_settings "$@"
+  pending "$1" "$3"
+}
+
+# log_names DIR: the Dassl log files in DIR (log.txt, and log.txt-<timestamp> of later attempts).
+log_names() { (shopt -s nullglob; cd "$1" && for name in log.txt*; do echo "$name"; done); }
+
+# new_log DIR NAMES: the newest log file in DIR that is not among NAMES (the ones before an attempt).
+new_log() {
+  local name newest=""
+  while read -r name; do
+    if [ -z "$name" ] || grep -qxF -- "$name" <<< "$2"; then continue; fi
+    if [ -z "$newest" ] || [ "$1/$name" -nt "$1/$newest" ]; then newest="$name"; fi
+  done <<< "$(log_names "$1")"
+  echo "$newest"
+}
+
+# run_step DIR LABEL CMD...: record CMD in DIR/settings.txt and run it with its output in
+# DIR/console.txt; on exit 0 mark DIR finished, naming the log file this attempt wrote.
 run_step() {
-  local dir="$1" label="$2" start=$SECONDS status=0
+  local dir="$1" label="$2" start=$SECONDS status=0 logs log marker
   shift 2
   if [ "${DRY_RUN:-}" = 1 ]; then
     echo "[dry-run] $label"
@@ -282,6 +420,8 @@ run_step() {
   fi
   mkdir -p "$dir"
   echo "[run] $label ($dir)"
+  quote_cmd "$@" > "$dir/$SETTINGS"
+  logs="$(log_names "$dir")"
   printf '### %s: %s\n' "$(date '+%F %T')" "$(quote_cmd "$@")" >> "$dir/$CONSOLE"
   if [ "${VERBOSE:-}" = 1 ]; then
     "$@" 2>&1 | tee -a "$dir/$CONSOLE" || status=$?
@@ -293,43 +433,49 @@ run_step() {
     die "$label failed (exit $status); its output is in $dir/$CONSOLE." \
         "Run the same command again to retry: finished steps are skipped"
   fi
-  printf '%s\n%s\n' "$(date '+%F %T')" "$(quote_cmd "$@")" > "$dir/$MARKER"
+  log="$(new_log "$dir" "$logs")"
+  marker="$(date '+%F %T')"$'\n'"$(quote_cmd "$@")"$'\n'
+  if [ -n "$log" ]; then marker+="log $log"$'\n'; fi  # the log parse_results.py reads
+  printf '%s' "$marker" > "$dir/$MARKER"
   echo "      finished in $((SECONDS - start)) s"
 }
 
-# teacher_tag: the teacher in a table's folder name; a checkpoint file by its name and a checksum of
-# its absolute path, so two teacher.pt files in different folders get different tables.
-teacher_tag() {
-  if [ -f "$TEACHER" ] || [[ "$TEACHER" =~ \.(pt|pth|bin|ckpt|safetensors)$ ]]; then
-    local name="${TEACHER##*/}" dir path
-    dir="$(dirname "$TEACHER")"
+# checkpoint_tag MODEL: a CLIP (teacher or student) in a folder name; a checkpoint file by its name and a
+# checksum of its absolute path, so two teacher.pt files in different folders get different folders.
+checkpoint_tag() {
+  if [ -f "$1" ] || [[ "$1" =~ \.(pt|pth|bin|ckpt|safetensors)$ ]]; then
+    local name="${1##*/}" dir path
+    dir="$(dirname "$1")"
     if [ -d "$dir" ]; then path="$(cd "$dir" && pwd)/$name"
-    elif [[ "$TEACHER" == /* ]]; then path="$TEACHER"
-    else path="$PWD/$TEACHER"
+    elif [[ "$1" == /* ]]; then path="$1"
+    else path="$PWD/$1"
     fi
     echo "${name%.*}-$(printf '%s' "$path" | cksum | cut -d' ' -f1)"
   else
-    printf '%s\n' "$TEACHER" | tr -c 'A-Za-z0-9._\n-' '-'
+    printf '%s\n' "$1" | tr -c 'A-Za-z0-9._\n-' '-'
   fi
 }
 
-# ensure_table I DATASET SEED SHOTS SUBSAMPLE: TABLE = the RIL table of that training split for
-# method I, built (or resumed) first when it is not finished.
-ensure_table() {
-  local i="$1" dataset="$2" seed="$3" shots="$4" subsample="$5" seed_dir dir cmd=("$PYTHON")
+# set_table I DATASET SEED SHOTS SUBSAMPLE: TABLE_DIR and TABLE, the RIL table of that training
+# split for method I.
+set_table() {
+  local i="$1" dataset="$2" seed="$3" shots="$4" subsample="$5" seed_dir="seed$3"
   read_config_values
-  seed_dir="seed$seed"
   if [ "$shots" -le 0 ]; then seed_dir="seed_all"; fi  # every seed trains on the same images
-  dir="$RIL_DIR/$(stem "$dataset")/shots_$shots/$subsample/$(teacher_tag)_${INPUT_TAGS[i]}_m${REGIONS}_k${TOPK}/$seed_dir"
-  TABLE="$dir/table.h5"
+  TABLE_DIR="$RIL_DIR/$(stem "$dataset")/shots_$shots/$subsample/$(checkpoint_tag "$TEACHER")_${INPUT_TAGS[i]}"
+  TABLE_DIR+="_m${REGIONS}_k${TOPK}/$seed_dir"
+  TABLE="$TABLE_DIR/table.h5"
+}
+
+# ensure_table I DATASET SEED SHOTS SUBSAMPLE: TABLE (see set_table), built (or resumed) first when it
+# is not finished.
+ensure_table() {
+  local i="$1" dataset="$2" seed="$3" shots="$4" subsample="$5" dir cmd=("$PYTHON")
+  set_table "$@"
+  dir="$TABLE_DIR"
   [[ "$TABLES_SEEN" != *"|$dir|"* ]] || return 0  # one table serving several seeds is handled once
   TABLES_SEEN+="|$dir|"
-  local label="RIL table $(stem "$dataset") $subsample ${shots}-shot $seed_dir, teacher $TEACHER"
-  if [ ! -f "$dir/$MARKER" ] && [ -f "$TABLE" ] && [ "${DRY_RUN:-}" != 1 ] &&
-     "$PYTHON" -m ril verify --table "$TABLE" > /dev/null 2>&1; then
-    printf '%s\nverified an existing complete table\n' "$(date '+%F %T')" > "$dir/$MARKER"
-  fi
-  pending "$dir" "$label" || return 0
+  local label="RIL table $(stem "$dataset") $subsample ${shots}-shot ${dir##*/}, teacher $TEACHER"
   if [ "${NPROC:-1}" -gt 1 ]; then cmd+=(-m torch.distributed.run --nproc_per_node "$NPROC"); fi
   cmd+=(-m ril precompute --root "$DATA" --seed "$seed" --dataset-config-file "$(dataset_config "$dataset")"
         --config-file "${CFG_FILES[i]}" --teacher "$TEACHER" --regions "$REGIONS" --topk "$TOPK"
@@ -337,6 +483,13 @@ ensure_table() {
   if [ -n "${RIL_WORKERS:-}" ]; then cmd+=(--workers "$RIL_WORKERS"); fi
   if [ -n "${DEVICE:-}" ]; then cmd+=(--device "$DEVICE"); fi
   cmd+=(DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES "$subsample" ${EXTRA_OPTS[@]+"${EXTRA_OPTS[@]}"})
+  check_settings "$dir" "$RIL_DIR" "$label" "${cmd[@]}"
+  if [ ! -f "$dir/$MARKER" ] && [ -f "$TABLE" ] && [ "${DRY_RUN:-}" != 1 ] &&
+     "$PYTHON" -m ril verify --table "$TABLE" > /dev/null 2>&1; then
+    quote_cmd "${cmd[@]}" > "$dir/$SETTINGS"
+    printf '%s\nverified an existing complete table\n' "$(date '+%F %T')" > "$dir/$MARKER"
+  fi
+  pending "$dir" "$label" || return 0
   run_step "$dir" "$label" "${cmd[@]}"
 }
 
@@ -347,7 +500,7 @@ train_cmd() {
   shift 4
   CMD=("$PYTHON" "$REPO_ROOT/train.py" --root "$DATA" --seed "$seed" --trainer "${TRAINERS[i]}"
        --dataset-config-file "$(dataset_config "$dataset")" --config-file "${CFG_FILES[i]}" --output-dir "$dir")
-  if [ -n "${BACKBONE:-}" ]; then CMD+=(--backbone "$BACKBONE"); fi
+  if [ -n "${CFG_BACKBONES[i]}" ]; then CMD+=(--backbone "${CFG_BACKBONES[i]}"); fi
   CMD+=("$@")
 }
 
@@ -360,14 +513,15 @@ end_cmd() {
 # train_step I DATASET SEED DIR SHOTS SUBSAMPLE LABEL: train method I (FDBPL family: from its RIL table).
 train_step() {
   local i="$1" dataset="$2" seed="$3" dir="$4" shots="$5" subsample="$6" label="$7" table_opts=()
-  pending "$dir" "$label" || return 0
   if is_fdbpl_family "${TRAINERS[i]}"; then
-    ensure_table "$i" "$dataset" "$seed" "$shots" "$subsample"
+    set_table "$i" "$dataset" "$seed" "$shots" "$subsample"
     table_opts=(TRAINER.FDBPL.RIL_TABLE "$TABLE")
   fi
   train_cmd "$i" "$dataset" "$seed" "$dir"
   CMD+=(DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES "$subsample" ${table_opts[@]+"${table_opts[@]}"})
   end_cmd
+  step_pending "$dir" "$OUT" "$label" "${CMD[@]}" || return 0
+  if is_fdbpl_family "${TRAINERS[i]}"; then ensure_table "$i" "$dataset" "$seed" "$shots" "$subsample"; fi
   run_step "$dir" "$label" "${CMD[@]}"
 }
 
@@ -376,7 +530,6 @@ train_step() {
 eval_step() {
   local i="$1" dataset="$2" seed="$3" dir="$4" model_dir="$5" label="$6" flags=(--eval-only)
   shift 6
-  pending "$dir" "$label" || return 0
   if needs_training "${TRAINERS[i]}"; then
     if [ -z "${LOAD_EPOCH:-}" ]; then read_config_values; fi
     flags+=(--model-dir "$model_dir" --load-epoch "${LOAD_EPOCH:-${MAX_EPOCHS[i]}}")
@@ -384,6 +537,7 @@ eval_step() {
   train_cmd "$i" "$dataset" "$seed" "$dir" "${flags[@]}"
   CMD+=("$@")
   end_cmd
+  step_pending "$dir" "$OUT" "$label" "${CMD[@]}" || return 0
   run_step "$dir" "$label" "${CMD[@]}"
 }
 
@@ -442,6 +596,7 @@ transfer_sweep() {
 transfer_main() {
   local protocol="$1"
   shift
+  CFG_PROTOCOL=cross
   DATA_NOTE="required"
   SHOTS_NOTE="one value"
   read_flags "$@"
