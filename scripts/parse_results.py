@@ -363,6 +363,13 @@ def run_listing(table, results):
     return lines
 
 
+def incomplete_cells(table):
+    """Labels of the dataset cells (not the Average) with fewer complete seeds than expected."""
+    return [f"{column_label(table, column)}, {display_name(row)}"
+            for (column, row), stat in table.stats.items()
+            if row != AVERAGE and column.metric != "hm" and (stat.mean is None or stat.complete < stat.expected)]
+
+
 def summarize(results):
     """Per-dataset stats, HM (base2new) and the Average row, with notes on every incomplete cell."""
     seeds, shots = " ".join(map(str, results.seeds)), ", ".join(map(str, results.shots))
@@ -491,6 +498,9 @@ def build_parser():
                              "(default 16); the table columns for few_shot (default: all found)")
     parser.add_argument("--list-runs", action="store_true",
                         help="also print every run of the table with the log file read and its accuracy or problem")
+    parser.add_argument("--require-complete", action="store_true",
+                        help="exit with status 1 (after printing and writing the table) when any cell "
+                             "misses a seed or a dataset has no run")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     parser.add_argument("--csv", metavar="FILE",
                         help="also write one CSV row per trainer, cfg, shots, dataset and metric")
@@ -547,6 +557,9 @@ def main(argv=None):
         write_csv(table, args.csv)
     if args.plot:
         plot_table(table, args.plot)
+    missing = incomplete_cells(table) if args.require_complete else []
+    if missing:
+        sys.exit(f"parse_results.py: {len(missing)} incomplete cell(s) (see the notes): {'; '.join(missing)}")
 
 
 if __name__ == "__main__":

@@ -438,3 +438,15 @@ def test_cli_help_explains_every_flag():
     flags = ("--protocol", "--trainers", "--cfg", "--datasets", "--seeds", "--shots", "--markdown", "--csv", "--plot")
     assert all(f"  {flag} " in text for flag in flags)
     assert "HM = 2*B*N/(B+N) of the mean Base and the mean New" in text
+
+
+def test_require_complete_fails_on_a_missing_seed_or_dataset(b2n_root, capsys):
+    pr.main([str(b2n_root), "--require-complete"])  # every cell complete: no exit
+    with pytest.raises(SystemExit, match=r"2 incomplete cell\(s\) \(see the notes\): FDBPL Base, EuroSAT; FDBPL New, EuroSAT$") as exited:
+        pr.main([str(b2n_root), "--trainers", "FDBPL", "--datasets", "caltech101", "eurosat", "--require-complete"])
+    assert exited.value.code != 0
+    missing = b2n_root / b2n_rel("test_new", "Caltech101", "CoOp", "vit_b16", 2) / "log.txt"
+    missing.write_text(eval_log(72.0) + CRASH)
+    with pytest.raises(SystemExit, match=r": CoOp New, Caltech101$"):
+        pr.main([str(b2n_root), "--trainers", "CoOp", "--require-complete"])
+    assert "CoOp New, Caltech101: seed 2 crashed" in capsys.readouterr().out

@@ -553,7 +553,8 @@ evaluate_base_new() {
   done
 }
 
-# print_results PROTOCOL DATASET...: the results table of this sweep's methods, seeds and shots.
+# print_results PROTOCOL DATASET...: the results table of this sweep's methods, seeds and shots; a
+# cell without every seed fails the script, so a sweep never ends on a silently partial table.
 print_results() {
   local protocol="$1" i cfgs=() stems=() dataset
   shift
@@ -563,7 +564,9 @@ print_results() {
   echo
   # shellcheck disable=SC2086  # SEEDS and SHOTS are lists
   "$PYTHON" "$REPO_ROOT/scripts/parse_results.py" "$OUT" --protocol "$protocol" --trainers "${TRAINERS[@]}" \
-    --cfg "${cfgs[@]}" --datasets "${stems[@]}" --seeds $SEEDS --shots $SHOTS
+    --cfg "${cfgs[@]}" --datasets "${stems[@]}" --seeds $SEEDS --shots $SHOTS --require-complete \
+    || die "the results table above has incomplete cells, although every step of this sweep finished;" \
+           "see its notes (a run whose log holds no final accuracy is not counted)"
 }
 
 # transfer_sweep: train on SOURCE_DATASET (all classes, SHOTS shots), evaluate eval-only on every
