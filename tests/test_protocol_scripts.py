@@ -353,6 +353,24 @@ def test_a_rerun_into_a_folder_is_read_from_the_log_it_wrote(data_root, tiny_stu
     assert accuracy != 1.0 and table_row(rerun.stdout, "synthetic")[1] == f"{accuracy:.2f} ± 0.00"
     assert f"seed 1 read from {run / written[0]}, the log finished.txt names (not log.txt)" in rerun.stdout
 
+    # A finished step whose vouched log holds no accuracy leaves a hole: the sweep fails, never prints a partial table as done.
+    (run / written[0]).write_text(ACCURACY.sub("", (run / written[0]).read_text()))
+    partial = run_protocol("base2new.sh", *args, check=False)
+    assert partial.returncode == 1 and "[skip] test_new" in partial.stdout
+    assert "the results table above has incomplete cells" in partial.stderr
+    assert "1 incomplete cell(s) (see the notes): ZeroshotCLIP New, synthetic" in partial.stderr
+
+
+def test_rehearsal_help_and_bad_values():
+    result = subprocess.run(["bash", os.path.join(SCRIPTS, "rehearse.sh"), "--help"], capture_output=True, text=True)
+    listed = re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE)
+    assert result.returncode == 0
+    assert sorted(listed) == ["--datasets", "--epochs", "--out", "--protocols", "--regions", "--seeds", "--trainers"]
+    for args, message in ((["--protocols", "base2new fewshot"], "unknown protocol 'fewshot'"),
+                          (["--epochs", "0"], "--epochs is '0'"), (["--bogus"], "unknown option '--bogus'")):
+        bad = subprocess.run(["bash", os.path.join(SCRIPTS, "rehearse.sh"), *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
 
 def test_promptkd_kd_weight_per_dataset_and_caspl_tuned_teacher(tmp_path):
     kd = dry_run_commands("promptkd.sh", tmp_path, "--datasets", "dtd oxford_pets", "--zero-shot-teacher")
