@@ -95,6 +95,7 @@ class Results:
     shots: list
     columns: list  # measured columns: base and new, or accuracy per shots
     cells: dict  # (Column, dataset) -> list[Run], one per expected seed
+    source: str = SOURCE_DATASET  # transfer protocols: the dataset the models were trained on
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Table:
     rows: list  # datasets, then AVERAGE
     stats: dict  # (Column, row) -> Stat
     notes: list
+    source: str = SOURCE_DATASET
 
 
 def canonical_dataset(folder):
@@ -177,7 +179,7 @@ def _template_regex(template):
     return re.compile(pattern + "$")
 
 
-def index_runs(root, protocol):
+def index_runs(root, protocol, source=SOURCE_DATASET):
     """Every run folder of `protocol` under `root` by RunKey, and the folder name of each dataset."""
     runs, folders = {}, {}
     for split, template in LAYOUTS[layout_of(protocol)].items():
@@ -185,7 +187,7 @@ def index_runs(root, protocol):
         for rel in sorted(glob.glob(re.sub(r"\{\w+\}", "*", template), root_dir=root)):
             match = regex.match(rel.replace(os.sep, "/"))
             dataset = canonical_dataset(match["dataset"]) if match else None
-            if dataset is None or (split == "source" and dataset != SOURCE_DATASET):
+            if dataset is None or (split == "source" and dataset != source):
                 continue
             key = RunKey(split, dataset, int(match["shots"]), match["trainer"], match["cfg"],
                          int(match["seed"]))
@@ -218,7 +220,7 @@ def _select_methods(runs, trainers, cfgs):
     return methods
 
 
-def _select_datasets(protocol, runs, datasets):
+def _select_datasets(protocol, runs, datasets, source):
     """Table rows: --datasets, else the datasets found; transfer rows start with the source."""
     chosen = [canonical_dataset(name) for name in datasets] if datasets else {key.dataset for key in runs}
     if protocol == "cross_dataset" and not datasets:
@@ -226,21 +228,21 @@ def _select_datasets(protocol, runs, datasets):
     if protocol == "domain_generalization" and not datasets:
         chosen = [name for name in chosen if name in IMAGENET_VARIANTS]
     if layout_of(protocol) == "transfer":
-        chosen = [SOURCE_DATASET] + [name for name in chosen if name != SOURCE_DATASET]
+        chosen = [source] + [name for name in chosen if name != source]
     order = [name for _, name, _ in DATASETS]
     return sorted(dict.fromkeys(chosen), key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
-def _splits(protocol, metric, dataset):
-    if layout_of(protocol) == "transfer" and dataset == SOURCE_DATASET:
+def _splits(protocol, metric, dataset, source):
+    if layout_of(protocol) == "transfer" and dataset == source:
         return ("target", "source")
     return METRIC_SPLITS[layout_of(protocol)][metric]
 
 
-def _cell_runs(root, protocol, index, column, dataset, seeds):
+def _cell_runs(root, protocol, index, column, dataset, seeds, source):
     """All seeds of a cell from the first split holding any of them (splits never mix); absent ones missing."""
     runs, folders = index
-    splits = _splits(protocol, column.metric, dataset)
+    splits = _splits(protocol, column.metric, dataset, source)
     keys = {split: [RunKey(split, dataset, column.shots, *column.method, seed) for seed in seeds] for split in splits}
     chosen = next((split for split in splits if any(key in runs for key in keys[split])), splits[-1])
     return [read_run(runs[key], key.seed) if key in runs else _missing_run(root, protocol, folders, key)
@@ -254,11 +256,15 @@ def _missing_run(root, protocol, folders, key):
     return Run(key.seed, os.path.join(root, expected), None, "missing: no run folder")
 
 
-def collect(root, protocol, trainers=None, cfgs=None, datasets=None, seeds=None, shots=None):
-    """Find and read every expected run; `None` selectors mean everything found under `root`."""
+def collect(root, protocol, trainers=None, cfgs=None, datasets=None, seeds=None, shots=None, source=None):
+    """Find and read every expected run; `None` selectors mean everything found under `root`.
+
+    `source`: the transfer protocols' source dataset (default ImageNet), the table's first row.
+    """
+    source = canonical_dataset(source) if source else SOURCE_DATASET
     if not os.path.isdir(root):
         raise ResultsError(f"OUTPUT_ROOT {root} is not a directory; pass the folder the protocol scripts wrote into")
-    runs, folders = index_runs(root, protocol)
+    runs, folders = index_runs(root, protocol, source)
     if not runs:
         layout = "\n  ".join(os.path.join(root, template.format(**PLACEHOLDERS), "log.txt")
                              for template in LAYOUTS[layout_of(protocol)].values())
@@ -266,12 +272,12 @@ def collect(root, protocol, trainers=None, cfgs=None, datasets=None, seeds=None,
     shots = _select_shots(protocol, runs, shots)
     methods = _select_methods([k for k in runs if k.shots in shots], trainers, cfgs)
     selected = [k for k in runs if k.shots in shots and Method(k.trainer, k.cfg) in methods]
-    datasets = _select_datasets(protocol, [k for k in selected if k.split != "source"], datasets)
+    datasets = _select_datasets(protocol, [k for k in selected if k.split != "source"], datasets, source)
     seeds = sorted(set(seeds or {k.seed for k in selected if k.dataset in datasets}))
     columns = [Column(m, metric, k) for m in methods for metric in METRIC_SPLITS[layout_of(protocol)] for k in shots]
-    cells = {(column, dataset): _cell_runs(root, protocol, (runs, folders), column, dataset, seeds)
+    cells = {(column, dataset): _cell_runs(root, protocol, (runs, folders), column, dataset, seeds, source)
              for column in columns for dataset in datasets}
-    return Results(protocol, methods, datasets, seeds, shots, columns, cells)
+    return Results(protocol, methods, datasets, seeds, shots, columns, cells, source)
 
 
 def harmonic_mean(base, new):
@@ -374,11 +380,12 @@ def summarize(results):
     """Per-dataset stats, HM (base2new) and the Average row, with notes on every incomplete cell."""
     seeds, shots = " ".join(map(str, results.seeds)), ", ".join(map(str, results.shots))
     title = f"{TITLES[results.protocol]} ({shots} shots; seeds {seeds})"
-    table = Table(title, results.protocol, method_labels(results.methods), [], results.datasets + [AVERAGE], {}, [])
+    table = Table(title, results.protocol, method_labels(results.methods), [], results.datasets + [AVERAGE], {}, [],
+                  results.source)
     for (column, dataset), runs in results.cells.items():
         table.stats[column, dataset] = cell_stat(runs)
     _problem_notes(table, results)
-    averaged = [d for d in results.datasets if layout_of(results.protocol) != "transfer" or d != SOURCE_DATASET]
+    averaged = [d for d in results.datasets if layout_of(results.protocol) != "transfer" or d != results.source]
     for method in results.methods:
         group = [c for c in results.columns if c.method == method]
         if results.protocol == "base2new":
@@ -402,7 +409,7 @@ def format_stat(stat):
 
 
 def row_label(table, row):
-    if layout_of(table.protocol) == "transfer" and row == SOURCE_DATASET:
+    if layout_of(table.protocol) == "transfer" and row == table.source:
         return f"{display_name(row)} (source)"
     return display_name(row)
 
@@ -493,6 +500,9 @@ def build_parser():
                              "a dataset without runs shows '—' (default: all found)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="S",
                         help="expected seeds; any missing one is marked (default: every seed found)")
+    parser.add_argument("--source-dataset", metavar="NAME",
+                        help="cross_dataset and domain_generalization: the dataset the models were trained on, "
+                             "the table's first row, left out of the Average (default: ImageNet)")
     parser.add_argument("--shots", nargs="+", type=int, metavar="K",
                         help="shots per class: one value for base2new and the transfer protocols "
                              "(default 16); the table columns for few_shot (default: all found)")
@@ -517,7 +527,8 @@ folder layouts (dataset folders may be config stems or DATASET.NAME):
              of train_base (the original CoOp/PromptSRC scripts have no test_base); New from test_new.
   cross_dataset, domain_generalization
              targets: evaluation/<Trainer>/<cfg>_<K>shots/<Dataset>/seed<S>/
-             source (ImageNet, left out of the Average): imagenet/<Trainer>/<cfg>_<K>shots/seed<S>/,
+             source (--source-dataset, default ImageNet; left out of the Average):
+                    <source>/<Trainer>/<cfg>_<K>shots/seed<S>/,
              or evaluation/.../imagenet/seed<S>/ when the source was also evaluated there.
              cross_dataset shows the targets other than the ImageNet variants, domain_generalization
              ImageNetV2/Sketch/A/R, unless --datasets is given.
@@ -543,7 +554,8 @@ which is then marked (k/n datasets) with a note; so is an Average including inco
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        results = collect(args.root, args.protocol, args.trainers, args.cfg, args.datasets, args.seeds, args.shots)
+        results = collect(args.root, args.protocol, args.trainers, args.cfg, args.datasets, args.seeds, args.shots,
+                          args.source_dataset)
     except ResultsError as error:
         sys.exit(f"parse_results.py: {error}")
     table = summarize(results)

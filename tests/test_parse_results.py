@@ -374,6 +374,18 @@ def test_cross_dataset_and_domain_generalization(tmp_path):
                              ["Average", "49.00"]]
 
 
+def test_transfer_from_another_source_dataset(tmp_path):
+    """--source-dataset: the source row is that dataset's training run, and ImageNet is not expected."""
+    for seed, (source, dtd) in enumerate([(60.0, 40.0), (62.0, 44.0)], 1):
+        write_log(tmp_path, f"caltech101/CoOp/vit_b16_16shots/seed{seed}", train_log(source))
+        write_log(tmp_path, xd_rel("CoOp", "vit_b16", "dtd", seed), eval_log(dtd))
+    table = pr.summarize(pr.collect(str(tmp_path), "cross_dataset", source="caltech101"))
+    assert cells(table)[1:] == [["Caltech101 (source)", "61.00 ± 1.00"], ["DTD", "42.00 ± 2.00"], ["Average", "42.00"]]
+    assert table.notes == [] and pr.incomplete_cells(table) == []
+    imagenet_source = pr.summarize(pr.collect(str(tmp_path), "cross_dataset"))
+    assert pr.incomplete_cells(imagenet_source) == ["CoOp, ImageNet"]
+
+
 def test_few_shot_columns_are_shots(tmp_path):
     for shots, values in ((1, [50.0, 52.0]), (16, [80.0, 80.0])):
         for seed, accuracy in enumerate(values, start=1):

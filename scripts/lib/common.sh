@@ -565,6 +565,7 @@ print_results() {
   # shellcheck disable=SC2086  # SEEDS and SHOTS are lists
   "$PYTHON" "$REPO_ROOT/scripts/parse_results.py" "$OUT" --protocol "$protocol" --trainers "${TRAINERS[@]}" \
     --cfg "${cfgs[@]}" --datasets "${stems[@]}" --seeds $SEEDS --shots $SHOTS --require-complete \
+    ${SOURCE_DATASET:+--source-dataset "$(stem "$SOURCE_DATASET")"} \
     || die "the results table above has incomplete cells, although every step of this sweep finished;" \
            "see its notes (a run whose log holds no final accuracy is not counted)"
 }
