@@ -43,13 +43,13 @@ Protocols (--protocols):
   caspl                  caspl.sh (boosting stage, then CoOp/MaPLe/PromptSRC cascaded)
   cross_dataset          cross_dataset.sh --trainer "--trainers" (ImageNet to the other datasets)
   domain_generalization  domain_generalization.sh --trainer "--trainers" (ImageNet to its variants)
-  few_shot               few_shot.sh --trainer "--trainers" (1 2 4 8 16 shots)
+  few_shot               few_shot.sh with its default trainer (FDBPL) and shots (1 2 4 8 16)
 
 Flags:
   --out DIR             rehearsal folder: data/, tiny_clip/, runs/, summary.md (default: $OUT)
-  --datasets "NAME ..." datasets of base2new, promptkd, caspl and few_shot, and the targets of
-                        cross_dataset (default: the 11 base-to-new datasets)
-  --trainers "NAME ..." trainers of base2new, cross_dataset, domain_generalization and few_shot
+  --datasets "NAME ..." datasets of base2new, side_by_side, promptkd, caspl and few_shot, and the
+                        targets of cross_dataset (default: the 11 base-to-new datasets)
+  --trainers "NAME ..." trainers of base2new, cross_dataset and domain_generalization
                         (default: $BASE2NEW_TRAINERS)
   --protocols "NAME ..." which protocols to run (default: all: $ALL_PROTOCOLS)
   --seeds "S ..."       seeds (default: each script's own default, 1 2 3)
@@ -155,7 +155,7 @@ for name in $PROTOCOLS; do
       protocol "$name" domain_generalization.sh --out "$RUNS" --trainer "$TRAINERS" \
         --backbone "$STUDENT" "${ril[@]}" -- "${epochs[@]}" ;;
     few_shot)
-      protocol "$name" few_shot.sh --out "$RUNS" --trainer "$TRAINERS" --datasets "$DATASETS" \
+      protocol "$name" few_shot.sh --out "$RUNS" --datasets "$DATASETS" \
         --backbone "$STUDENT" "${ril[@]}" -- "${epochs[@]}" ;;
   esac
 done
