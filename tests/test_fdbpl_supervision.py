@@ -117,3 +117,30 @@ def test_add_fdbpl_supervision_to_your_own_trainer(synthetic_root, ril_table, ti
     assert not torch.equal(trainer.model.prompt_learner.ctx, before)
     assert (tmp_path / "prompt_learner_neg" / "model.pth.tar-2").is_file()
     assert isinstance(trainer.train_loader_x.dataset, __import__("ril.region_dataset").region_dataset.RegionDataset)
+
+
+def test_the_trainer_weighs_each_loss_term_with_its_own_lambda():
+    """ril_loss forms the total from the configured lambdas: distinct values expose a swapped pair."""
+    from types import SimpleNamespace
+
+    from trainers.ril_supervision import RILSupervision, RegionTargets
+
+    torch.manual_seed(0)
+    batch, num_classes, width = 6, 5, 8
+    lambdas = {"LAMBDA_NEG": 0.7, "LAMBDA_DIFF1": 3.0, "LAMBDA_DIFF2": 11.0}
+    trainer = SimpleNamespace(ril_cfg=SimpleNamespace(ALPHA=0.5, **lambdas))
+    teacher_prob = F.softmax(torch.randn(batch, num_classes) * 3, dim=1)
+    targets = RegionTargets(
+        teacher_prob, -(teacher_prob * teacher_prob.log()).sum(dim=1), torch.zeros(batch, dtype=torch.long)
+    )
+    text_pos = F.normalize(torch.randn(num_classes, width), dim=-1)
+    text_neg = F.normalize(torch.randn(num_classes, width), dim=-1)
+    logits_pos, logits_neg = torch.randn(batch, num_classes) * 5, torch.randn(batch, num_classes) * 5
+    loss, summary = RILSupervision.ril_loss(trainer, logits_pos, targets, (logits_neg, text_pos, text_neg))
+    assert min(abs(summary[name]) for name in ("neg", "diff1", "diff2")) > 1e-4  # every term counts
+    expected = (
+        summary["pos"] + lambdas["LAMBDA_NEG"] * summary["neg"]
+        + lambdas["LAMBDA_DIFF1"] * summary["diff1"] + lambdas["LAMBDA_DIFF2"] * summary["diff2"]
+    )
+    assert loss.item() == summary["loss"]
+    assert abs(loss.item() - expected) <= 1e-5 * max(1.0, abs(expected))
