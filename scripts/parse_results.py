@@ -65,7 +65,8 @@ PLACEHOLDERS = {"dataset": "<Dataset>", "shots": "<K>", "trainer": "<Trainer>", 
 FIELD_PATTERNS = {"seed": r"(?P<seed>\d+)", "shots": r"(?P<shots>\d+)"}
 RESULT_MARK = "=> result"
 FINISH_MARKS = ("Finish training", "Finished training")  # Dassl; older Dassl forks print the latter
-ACCURACY_LINE = re.compile(r"^\* accuracy: ([0-9.eE+-]+)%$")
+ACCURACY_LINE = re.compile(r"^\* accuracy: (\S+)%$")
+PERCENT = re.compile(r"^[0-9]+(\.[0-9]+)?$")  # what Dassl prints: f"{acc:.1f}"
 EPOCH_LINE = re.compile(r"^epoch \[\d+/\d+\]")
 TRACEBACK = "Traceback (most recent call last):"
 MARKER = "finished.txt"  # the protocol scripts' completion marker: date, command, then "log <file>"
@@ -137,7 +138,10 @@ def parse_log(text):
         return None, "crashed or still running: the final '=> result' block has no accuracy line"
     if any(line.startswith(TRACEBACK) for line in tail):
         return None, "crashed: Python traceback after the final '=> result' block"
-    return float(accuracy.group(1)), ""
+    value = accuracy.group(1)
+    if not PERCENT.match(value) or float(value) > 100.0:
+        return None, f"corrupt log: the final accuracy '{value}%' is not a percentage between 0 and 100"
+    return float(value), ""
 
 
 def vouched_log(run_dir):

@@ -117,6 +117,10 @@ def test_parse_log_ignores_per_class_average_line():
     (eval_log(50.0) + CRASH, "Python traceback after the final '=> result' block"),
     (HEADER + "=> result\n* total: 1,000\n", "has no accuracy line"),
     ("", "no final '=> result' block"),
+    (train_log(71.2).replace("accuracy: 71.2%", "accuracy: 1e999%"), "'1e999%' is not a percentage"),
+    (train_log(71.2).replace("accuracy: 71.2%", "accuracy: nan%"), "'nan%' is not a percentage"),
+    (train_log(-5.0), "'-5.0%' is not a percentage"),
+    (train_log(100.1), "'100.1%' is not a percentage"),
 ])
 def test_parse_log_incomplete(text, reason):
     accuracy, problem = pr.parse_log(text)
