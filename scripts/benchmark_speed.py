@@ -505,7 +505,7 @@ def child(job, result_path):
         result = {"ok": JOBS[job["kind"]](job)}
     except Exception:  # reported to the parent, which names the job
         result = {"error": traceback.format_exc()}
-    with open(result_path, "w") as handle:
+    with open(result_path, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
 
 
@@ -524,7 +524,7 @@ def run_job(job, args, workdir):
     process.join()
     if not os.path.exists(result_path):
         return {"error": f"process died with exit code {process.exitcode} (killed for lack of memory?)"}
-    with open(result_path) as handle:
+    with open(result_path, encoding="utf-8") as handle:
         result = json.load(handle)
     return result.get("ok", result)
 
@@ -833,12 +833,12 @@ def main(argv=None):
         os.makedirs(workdir, exist_ok=True)
         results, found = run(args, workdir)
     if args.json:
-        with open(args.json, "w") as handle:
+        with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1)
     print()
     print(render(found, markdown=False))
     if args.markdown:
-        with open(args.markdown, "w") as handle:
+        with open(args.markdown, "w", encoding="utf-8") as handle:
             handle.write(render(found, markdown=True))
 
 

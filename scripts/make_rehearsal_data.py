@@ -127,11 +127,11 @@ class TreeWriter:
         self.bar.update()
 
     def lines(self, relpath, lines):
-        with open(self._path(relpath), "w") as file:
+        with open(self._path(relpath), "w", encoding="utf-8") as file:
             file.write("".join(f"{line}\n" for line in lines))
 
     def json(self, relpath, data):
-        with open(self._path(relpath), "w") as file:
+        with open(self._path(relpath), "w", encoding="utf-8") as file:
             json.dump(data, file, indent=4, separators=(",", ": "))
 
 
@@ -365,7 +365,7 @@ def read_marker(target, settings):
     marker_path = os.path.join(target, MARKER)
     if not os.path.exists(marker_path):
         return None, None, "skipped: the folder exists and was not made by this script (left as is)"
-    with open(marker_path) as file:
+    with open(marker_path, encoding="utf-8") as file:
         marker = json.load(file)
     for key, value in settings.items():
         if marker[key] != value:

@@ -53,7 +53,7 @@ def boost_checkpoint(directory, epoch):
             f"TRAINER.CASPL.BOOST_DIR {directory!r} holds no boosting prompts ({marker} is missing): give the "
             "--output-dir of a finished CasPL_Boost run"
         )
-    with open(marker) as handle:
+    with open(marker, encoding="utf-8") as handle:
         return osp.join(directory, BOOST_MODEL, handle.readline().strip())
 
 
