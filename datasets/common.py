@@ -2,6 +2,8 @@
 
 The results match CoOp's readers item for item, so an existing $DATA folder gives the same lists.
 Random draws use the global `random` module, which the entry point seeds with SEED as CoOp does.
+Every path read from a split file or a pickle is checked to lie under the dataset's image folder,
+and files written into $DATA get the user's umask, so a shared $DATA stays readable by others.
 """
 import builtins
 import json
@@ -56,11 +58,11 @@ def check_subsample(subsample):
 def read_split(split_path, path_prefix):
     """(train, val, test) from a split_zhou_<Name>.json; its paths are relative to `path_prefix`."""
     print(f"Reading split from {split_path}")
-    with open(split_path) as file:
+    with open(split_path, encoding="utf-8") as file:
         try:
             split = json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{split_path} is not valid JSON ({error}); download it again") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{split_path} is not valid UTF-8 JSON ({error}); download it again") from error
     return tuple(_split_datums(split, key, split_path, path_prefix) for key in ("train", "val", "test"))
 
 
@@ -72,12 +74,30 @@ def _split_datums(split, key, split_path, path_prefix):
             '{"train"|"val"|"test": [[relpath, label, classname], ...]}'
         )
     items = []
-    for entry in entries:
+    for position, entry in enumerate(entries):
+        where = f'{split_path}: "{key}" entry {position}, {entry!r},'
         if not (isinstance(entry, list) and len(entry) == 3):
-            raise ValueError(f'{split_path}: "{key}" entry {entry!r} is not [relpath, label, classname]')
+            raise ValueError(f"{where} is not [relpath, label, classname]")
         relpath, label, classname = entry
-        items.append(make_datum(os.path.join(path_prefix, relpath), int(label), classname, split_path))
+        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+            raise ValueError(f"{where} has a label that is not a non-negative integer; download the split file again")
+        if not isinstance(classname, str):
+            raise ValueError(f"{where} has a class name that is not a string; download the split file again")
+        items.append(make_datum(confined_path(path_prefix, relpath, where), label, classname, split_path))
     return items
+
+
+def confined_path(path_prefix, relpath, where):
+    """`path_prefix`/`relpath`, refused when `relpath` is absolute or climbs out with '..': a split file must
+    not make a run read images outside the dataset's folder."""
+    if not isinstance(relpath, str) or not relpath:
+        raise ValueError(f"{where} has an image path that is not a non-empty string")
+    if os.path.isabs(relpath) or os.path.normpath(relpath).split(os.sep)[0] == os.pardir:
+        raise ValueError(
+            f"{where} points outside the image folder {path_prefix}: split files list paths relative to it, "
+            "without '..'; download the split file again"
+        )
+    return os.path.join(path_prefix, relpath)
 
 
 def write_split(train, val, test, split_path, path_prefix):
@@ -88,7 +108,7 @@ def write_split(train, val, test, split_path, path_prefix):
         return [[_relative(item.impath, prefix), item.label, item.classname] for item in items]
 
     split = {"train": rows(train), "val": rows(val), "test": rows(test)}
-    _atomic_write(split_path, "w", lambda file: json.dump(split, file, indent=4, separators=(",", ": ")))
+    atomic_write(split_path, "w", lambda file: json.dump(split, file, indent=4, separators=(",", ": ")))
     print(f"Saved split to {split_path}")
 
 
@@ -97,13 +117,23 @@ def _relative(impath, prefix):
     return impath[len(prefix):]
 
 
-def _atomic_write(path, mode, write):
-    """Write through a temporary file in the same folder, so readers never see half a file."""
-    directory = os.path.dirname(path)
+def umask():
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, mode, write):
+    """Call `write(file)` on a temporary file in the same folder, then rename it to `path`: readers never
+    see half a file, and a failure leaves nothing. Text is UTF-8 whatever the locale. The file gets the
+    permissions `open` would give it (0666 minus the umask), not mkstemp's 0600."""
+    directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(handle, mode) as file:
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+            os.fchmod(file.fileno(), 0o666 & ~umask())
             write(file)
         os.replace(tmp_path, path)
     finally:
@@ -173,7 +203,7 @@ def folder_datums(image_dir, class_folders, source):
 def read_classnames(path, dataset):
     """ImageNet's classnames.txt: {wordnet folder: class name}, in file order."""
     classnames = OrderedDict()
-    with open(require(path, dataset, "classnames.txt (see the ImageNet section)")) as file:
+    with open(require(path, dataset, "classnames.txt (see the ImageNet section)"), encoding="utf-8") as file:
         for line in file:
             folder, *words = line.strip().split(" ")
             if folder:
@@ -183,7 +213,7 @@ def read_classnames(path, dataset):
 
 def lookup_classname(classnames, folder, path):
     if folder not in classnames:
-        raise KeyError(f"class folder {folder!r} has no line in {path}; use the classnames.txt of CoOp")
+        raise ValueError(f"class folder {folder!r} has no line in {path}; use the classnames.txt of CoOp")
     return classnames[folder]
 
 
@@ -211,16 +241,19 @@ def fewshot_path(dataset_dir, num_shots, seed):
     return os.path.join(dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.pkl")
 
 
-def fewshot_splits(cache_path, sample, train, val, num_shots):
+def fewshot_splits(cache_path, sample, train, val, num_shots, image_dir):
     """Few-shot (train, val), read from `cache_path` or drawn with `sample` and cached there.
 
     `sample` is Dassl's generate_fewshot_dataset; val gets min(num_shots, 4) shots. With val None
-    (ImageNet, whose val is its test set) only train is drawn and cached.
+    (ImageNet, whose val is its test set) only train is drawn and cached. A cached item must be an
+    item of this run's `train` or `val`, under `image_dir`, with the same label and class name.
     """
-    keys = ("train",) if val is None else ("train", "val")
+    pools = {"train": train} if val is None else {"train": train, "val": val}
     if os.path.exists(cache_path):
         print(f"Loading preprocessed few-shot data from {cache_path}")
-        data = load_datum_pickle(cache_path, keys)
+        data = load_datum_pickle(cache_path, tuple(pools), image_dir)
+        for key, pool in pools.items():
+            _check_drawn_from(data[key], pool, key, cache_path)
         return data["train"], data.get("val")
     data = {"train": sample(train, num_shots=num_shots)}
     if val is not None:
@@ -228,6 +261,17 @@ def fewshot_splits(cache_path, sample, train, val, num_shots):
     print(f"Saving preprocessed few-shot data to {cache_path}")
     save_datum_pickle(data, cache_path)
     return data["train"], data.get("val")
+
+
+def _check_drawn_from(items, pool, key, cache_path):
+    entries = {(os.path.normpath(item.impath), item.label, item.classname) for item in pool}
+    for item in items:
+        if (os.path.normpath(item.impath), item.label, item.classname) not in entries:
+            raise ValueError(
+                f"{cache_path} lists {item.impath} (label {item.label}, {item.classname!r}) under {key!r}, which "
+                f"is not a {key} image of this run's split with that label: the cache was drawn from another "
+                f"split. Delete {cache_path}; it is rebuilt on the next run (with the same SEED, identically)."
+            )
 
 
 class _DatumUnpickler(pickle.Unpickler):
@@ -243,8 +287,9 @@ class _DatumUnpickler(pickle.Unpickler):
         )
 
 
-def load_datum_pickle(path, keys):
-    """A dict of Datum lists under `keys`, as CoOp pickles them, read without running code."""
+def load_datum_pickle(path, keys, image_dir):
+    """A dict of Datum lists under `keys`, as CoOp pickles them, read without running code; every path is
+    an existing file under `image_dir` (see `under_image_dir`)."""
     advice = f"Delete {path}; it is rebuilt on the next run (with the same SEED, identically)."
     try:
         with open(path, "rb") as file:
@@ -258,12 +303,43 @@ def load_datum_pickle(path, keys):
             raise ValueError(
                 f"{path}: expected a dict with a list of Dassl Datum under {key!r}. {advice}"
             )
-        if items and not os.path.isfile(items[0].impath):
-            raise ValueError(
-                f"{path} lists {items[0].impath}, which does not exist: it was written under "
-                f"another DATASET.ROOT. {advice}"
-            )
-    return data
+    return {key: under_image_dir(data[key], image_dir, path, advice) for key in keys}
+
+
+def under_image_dir(items, image_dir, source, advice):
+    """`items` with every path an existing file under `image_dir`.
+
+    Pickles hold absolute paths, so a cache copied or moved with its $DATA still names the old root,
+    whose images may still exist: such a path is read at the same place under `image_dir` instead.
+    """
+    prefix = os.path.join(os.path.normpath(image_dir), "")
+    located, moved = [], 0
+    for item in items:
+        path = os.path.normpath(item.impath)
+        if not path.startswith(prefix):
+            path, moved = _same_file_under(path, image_dir), moved + 1
+            if path is None:
+                raise ValueError(
+                    f"{source} lists {item.impath}, which is not under this run's image folder {image_dir} and "
+                    f"matches no file there. {advice}"
+                )
+        elif not os.path.isfile(path):
+            raise ValueError(f"{source} lists {path}, which does not exist. {advice}")
+        located.append(Datum(impath=path, label=item.label, classname=item.classname))
+    if moved:
+        print(f"{source} names {moved} images outside {image_dir} (written under another DATASET.ROOT): "
+              f"reading them from {image_dir}")
+    return located
+
+
+def _same_file_under(path, image_dir):
+    """The file under `image_dir` with the longest trailing part of `path`, or None."""
+    parts = path.lstrip(os.sep).split(os.sep)
+    for start in range(len(parts)):
+        candidate = os.path.join(image_dir, *parts[start:])
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def _is_datum(item):
@@ -276,7 +352,7 @@ def _is_datum(item):
 
 
 def save_datum_pickle(data, path):
-    _atomic_write(path, "wb", lambda file: pickle.dump(data, file, protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write(path, "wb", lambda file: pickle.dump(data, file, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class SplitDataset(DatasetBase):
@@ -302,9 +378,9 @@ class SplitDataset(DatasetBase):
             cache_path = fewshot_path(self.dataset_dir, num_shots, cfg.SEED)
             sample = self.generate_fewshot_dataset
             if self.fewshot_val:
-                train, val = fewshot_splits(cache_path, sample, train, val, num_shots)
+                train, val = fewshot_splits(cache_path, sample, train, val, num_shots, self.image_dir)
             else:
-                train, _ = fewshot_splits(cache_path, sample, train, None, num_shots)
+                train, _ = fewshot_splits(cache_path, sample, train, None, num_shots, self.image_dir)
         train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=train, val=val, test=test)
 

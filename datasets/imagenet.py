@@ -25,7 +25,7 @@ class ImageNet(SplitDataset):
     def read_splits(self):
         preprocessed = os.path.join(self.dataset_dir, "preprocessed.pkl")
         if os.path.exists(preprocessed):
-            data = load_datum_pickle(preprocessed, ("train", "test"))
+            data = load_datum_pickle(preprocessed, ("train", "test"), self.image_dir)
         else:
             classnames_path = os.path.join(self.dataset_dir, "classnames.txt")
             classnames = read_classnames(classnames_path, self.name)

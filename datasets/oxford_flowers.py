@@ -23,7 +23,7 @@ class OxfordFlowers(SplitDataset):
         for index, label in enumerate(loadmat(labels_path)["labels"][0]):
             impath = os.path.join(self.image_dir, f"image_{index + 1:05d}.jpg")
             impaths_by_label[int(label)].append(impath)
-        with open(names_path) as file:
+        with open(names_path, encoding="utf-8") as file:
             label_to_name = json.load(file)
         return split_groups(
             [(label - 1, label_to_name[str(label)], paths) for label, paths in impaths_by_label.items()]

@@ -19,7 +19,7 @@ class OxfordPets(SplitDataset):
         """Lines "<Breed_Name>_<n> <class id> <species> <breed id>"; the breed is lower-cased."""
         path = self.require(os.path.join(self.dataset_dir, "annotations", filename), "annotation file")
         items = []
-        with open(path) as file:
+        with open(path, encoding="utf-8") as file:
             for line in file:
                 imname, label, _, _ = line.strip().split(" ")
                 breed = "_".join(imname.split("_")[:-1]).lower()

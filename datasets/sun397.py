@@ -13,7 +13,7 @@ class SUN397(SplitDataset):
 
     def create_split(self):
         classes_path = self.require(os.path.join(self.dataset_dir, "ClassName.txt"), "class list")
-        with open(classes_path) as file:
+        with open(classes_path, encoding="utf-8") as file:
             label_of = {line.strip()[1:]: label for label, line in enumerate(file)}
         train, val = split_trainval(self._read_list("Training_01.txt", label_of))
         return train, val, self._read_list("Testing_01.txt", label_of)
@@ -22,7 +22,7 @@ class SUN397(SplitDataset):
         """Line "/a/abbey/sun_x.jpg" is class "abbey"; "/b/bakery/shop/x.jpg" is "shop bakery"."""
         path = self.require(os.path.join(self.dataset_dir, filename), "partition file")
         items = []
-        with open(path) as file:
+        with open(path, encoding="utf-8") as file:
             for line in file:
                 relpath = line.strip()[1:]
                 class_dir = os.path.dirname(relpath)

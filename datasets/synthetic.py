@@ -12,7 +12,7 @@ import numpy as np
 from dassl.data.datasets import DATASET_REGISTRY
 from PIL import Image
 
-from .common import SplitDataset, make_datum, write_split
+from .common import SplitDataset, make_datum, umask, write_split
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 85, 225), "yellow": (230, 205, 35)}
 SHAPES = ("circle", "square", "triangle", "ring")
@@ -97,6 +97,7 @@ def ensure_generated(root, settings):
         os.makedirs(root, exist_ok=True)
         tmp_dir = tempfile.mkdtemp(prefix=".synthetic-", dir=root)
         try:
+            os.chmod(tmp_dir, 0o777 & ~umask())  # mkdtemp's 0700 would hide the dataset from other users
             write_dataset(tmp_dir, settings)
             try:
                 os.rename(tmp_dir, target)
@@ -125,7 +126,7 @@ def write_dataset(directory, settings):
             part = 0 if index < n_train else 1 if index < n_train + n_val else 2
             splits[part].append(make_datum(path, label, classname(label), "the generator"))
     write_split(*splits, os.path.join(directory, "split_zhou_Synthetic.json"), image_dir)
-    with open(os.path.join(directory, SETTINGS_FILE), "w") as file:
+    with open(os.path.join(directory, SETTINGS_FILE), "w", encoding="utf-8") as file:
         json.dump(settings, file, indent=4, sort_keys=True)
 
 
@@ -133,7 +134,7 @@ def _check_existing(target, settings):
     settings_path = os.path.join(target, SETTINGS_FILE)
     found = None
     if os.path.isfile(settings_path):
-        with open(settings_path) as file:
+        with open(settings_path, encoding="utf-8") as file:
             found = json.load(file)
     if found != settings:
         holds = f"a Synthetic dataset made with {json.dumps(found)}" if found else "no generated dataset"

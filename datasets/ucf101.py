@@ -17,7 +17,7 @@ class UCF101(SplitDataset):
         class_list = os.path.join(self.dataset_dir, "ucfTrainTestlist", "classInd.txt")
         classes_path = self.require(class_list, "class list")
         label_of = {}
-        with open(classes_path) as file:
+        with open(classes_path, encoding="utf-8") as file:
             for line in file:
                 label, action = line.strip().split(" ")
                 label_of[action] = int(label) - 1
@@ -28,7 +28,7 @@ class UCF101(SplitDataset):
         """Line "ApplyEyeMakeup/v_x.avi [label]" is frame Apply_Eye_Makeup/v_x.jpg of that class."""
         path = self.require(os.path.join(self.dataset_dir, "ucfTrainTestlist", filename), "split list")
         items = []
-        with open(path) as file:
+        with open(path, encoding="utf-8") as file:
             for line in file:
                 action, video = line.strip().split(" ")[0].split("/")
                 classname = "_".join(re.findall("[A-Z][^A-Z]*", action))

@@ -1,6 +1,8 @@
 """datasets/common.py: subsampling, splitting, the restricted unpickler and the error messages."""
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -81,7 +83,7 @@ def test_reads_a_fewshot_cache_pickled_as_coop_does(tmp_path):
     for protocol in (2, pickle.HIGHEST_PROTOCOL):
         with open(tmp_path / "coop.pkl", "wb") as file:
             pickle.dump(data, file, protocol=protocol)
-        loaded = load_datum_pickle(str(tmp_path / "coop.pkl"), ("train", "val"))
+        loaded = load_datum_pickle(str(tmp_path / "coop.pkl"), ("train", "val"), str(tmp_path))
         assert {key: summary(items) for key, items in loaded.items()} == {
             "train": [("a_0.jpg", 0, "class 0"), ("a_1.jpg", 1, "class 1")],
             "val": [("b_0.jpg", 1, "class 1")],
@@ -129,19 +131,19 @@ def test_corrupt_and_foreign_caches_are_named(tmp_path):
     good = pickle.dumps({"train": datums(tmp_path, [0, 1])})
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match=r"cache.pkl could not be read safely: .* Delete .*cache.pkl"):
-        load_datum_pickle(str(path), ("train",))
+        load_datum_pickle(str(path), ("train",), str(tmp_path))
 
     path.write_bytes(pickle.dumps({"train": ["not a datum"]}))
     with pytest.raises(ValueError, match=r"expected a dict with a list of Dassl Datum under 'train'"):
-        load_datum_pickle(str(path), ("train",))
+        load_datum_pickle(str(path), ("train",), str(tmp_path))
 
     path.write_bytes(good)
     with pytest.raises(ValueError, match=r"expected a dict with a list of Dassl Datum under 'val'"):
-        load_datum_pickle(str(path), ("train", "val"))
+        load_datum_pickle(str(path), ("train", "val"), str(tmp_path))
 
     os.remove(tmp_path / "img_0.jpg")
-    with pytest.raises(ValueError, match=r"img_0.jpg, which does not exist: it was written under another"):
-        load_datum_pickle(str(path), ("train",))
+    with pytest.raises(ValueError, match=r"img_0.jpg, which does not exist. Delete .*cache.pkl"):
+        load_datum_pickle(str(path), ("train",), str(tmp_path))
 
 
 def test_missing_dataset_folder_names_path_and_fix(tmp_path):
@@ -224,3 +226,117 @@ def test_register_all_registers_every_reader():
     register_all()
     register_all()
     assert set(dataset_trees.BUILDERS) | {"Synthetic"} <= set(DATASET_REGISTRY.registered_names())
+
+
+def rewrite_split(dataset_dir, name, edit):
+    """Apply `edit(split dict)` to a tree's split file."""
+    split_path = os.path.join(dataset_dir, f"split_zhou_{name}.json")
+    with open(split_path, encoding="utf-8") as file:
+        split = json.load(file)
+    edit(split)
+    with open(split_path, "w", encoding="utf-8") as file:
+        json.dump(split, file)
+    return split_path
+
+
+@pytest.mark.parametrize("entry, expected", [
+    (["banded/banded_0000.jpg", "0", "banded"], "a label that is not a non-negative integer"),
+    (["banded/banded_0000.jpg", -1, "banded"], "a label that is not a non-negative integer"),
+    (["banded/banded_0000.jpg", True, "banded"], "a label that is not a non-negative integer"),
+    (["banded/banded_0000.jpg", 0, 7], "a class name that is not a string"),
+    ([3, 0, "banded"], "an image path that is not a non-empty string"),
+    (["../../outside.jpg", 0, "banded"], "points outside the image folder"),
+    (["banded/../../../outside.jpg", 0, "banded"], "points outside the image folder"),
+    ("ABSOLUTE", "points outside the image folder"),
+])
+def test_split_entries_with_bad_labels_or_paths_are_named(entry, expected, tmp_path):
+    """Each bad entry is named with its file and position; paths never leave the dataset's image folder,
+    even to a file that exists there."""
+    dataset_dir = dataset_trees.build("DescribableTextures", tmp_path / "data")
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(dataset_trees.TINY_JPEG)
+    if entry == "ABSOLUTE":
+        entry = [str(outside), 0, "banded"]
+    split_path = rewrite_split(dataset_dir, "DescribableTextures", lambda split: split["train"].insert(1, entry))
+    with pytest.raises(ValueError) as error:
+        read("DescribableTextures", tmp_path / "data")
+    assert str(error.value).startswith(f'{split_path}: "train" entry 1, {entry!r}, ')
+    assert expected in str(error.value)
+
+
+def test_files_written_into_data_follow_the_umask(tmp_path):
+    """mkstemp and mkdtemp create 0600 files and 0700 folders: another user of a shared $DATA could not read
+    the split files, few-shot caches or the Synthetic dataset this run writes."""
+    from datasets.common import atomic_write
+    from datasets.synthetic import check_settings, ensure_generated
+
+    previous = os.umask(0o002)
+    try:
+        dataset_trees.build("OxfordPets", tmp_path, split_file=False)
+        read("OxfordPets", tmp_path, shots=2)
+        written = [tmp_path / "oxford_pets" / "split_zhou_OxfordPets.json",
+                   tmp_path / "oxford_pets" / "split_fewshot" / "shot_2-seed_1.pkl"]
+        assert [oct(path.stat().st_mode & 0o777) for path in written] == ["0o664", "0o664"]
+        synthetic = ensure_generated(str(tmp_path), check_settings(2, 10, 16))
+        assert oct(os.stat(synthetic).st_mode & 0o777) == "0o775"
+        os.umask(0o027)
+        atomic_write(str(tmp_path / "private.txt"), "w", lambda file: file.write("x"))
+        assert oct((tmp_path / "private.txt").stat().st_mode & 0o777) == "0o640"
+    finally:
+        os.umask(previous)
+
+
+def test_a_failed_atomic_write_leaves_no_file(tmp_path):
+    from datasets.common import atomic_write
+
+    def fail(file):
+        file.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(str(tmp_path / "split.json"), "w", fail)
+    assert os.listdir(tmp_path) == []
+
+
+def copied_data(tmp_path, name, shots):
+    """A tree read once at data/ (writing its caches), then copied with its caches to copy/."""
+    dataset_trees.build(name, tmp_path / "data", split_file=name != "ImageNet")
+    original = read(name, tmp_path / "data", shots=shots)
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    return original
+
+
+def test_fewshot_cache_copied_with_data_reads_the_copys_images(tmp_path):
+    """CoOp's caches hold absolute paths: a copy of $DATA must not train on the original's images."""
+    original = copied_data(tmp_path, "DescribableTextures", shots=2)
+    copy = read("DescribableTextures", tmp_path / "copy", shots=2)
+    for before, after in ((original.train_x, copy.train_x), (original.val, copy.val)):
+        assert all(item.impath.startswith(str(tmp_path / "copy") + os.sep) for item in after)
+        assert [os.path.relpath(item.impath, tmp_path / "copy") for item in after] == [
+            os.path.relpath(item.impath, tmp_path / "data") for item in before]
+
+
+def test_imagenet_preprocessed_list_copied_with_data_reads_the_copys_images(tmp_path):
+    copied_data(tmp_path, "ImageNet", shots=1)
+    copy = read("ImageNet", tmp_path / "copy", shots=1)
+    for items in (copy.train_x, copy.test):
+        assert items and all(item.impath.startswith(str(tmp_path / "copy") + os.sep) for item in items)
+
+
+def test_fewshot_cache_of_another_split_is_refused(tmp_path):
+    """Every cached item must be an item of the current split, with its label and class name."""
+    dataset_dir = dataset_trees.build("DescribableTextures", tmp_path)
+    cached = read("DescribableTextures", tmp_path, shots=2).train_x[0]
+    relpath = os.path.relpath(cached.impath, os.path.join(dataset_dir, "images"))
+
+    def relabel(split):
+        for entry in split["train"]:
+            if entry[0] == relpath:
+                entry[1] = (entry[1] + 1) % 5
+
+    rewrite_split(dataset_dir, "DescribableTextures", relabel)
+    cache = os.path.join(dataset_dir, "split_fewshot", "shot_2-seed_1.pkl")
+    with pytest.raises(ValueError) as error:
+        read("DescribableTextures", tmp_path, shots=2)
+    assert str(error.value).startswith(f"{cache} lists {cached.impath} (label {cached.label}, ")
+    assert "the cache was drawn from another split" in str(error.value) and f"Delete {cache}" in str(error.value)
