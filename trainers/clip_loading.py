@@ -51,15 +51,15 @@ def is_torchscript_archive(path):
         return any("/code/" in name or name.endswith("constants.pkl") for name in archive.namelist())
 
 
-class ModuleType(NamedTuple):
+class _ModuleType(NamedTuple):
     """What a TorchScript module class declares: which attributes are parameters and buffers."""
     parameters: frozenset
     buffers: frozenset
     runs_code_on_load: bool  # it defines __setstate__, which torch.jit.load would run
 
 
-def declared_module_types(archive, prefix):
-    """{qualified class name: ModuleType} of every `class X(Module)` in the archive's `code/` text.
+def _declared_module_types(archive, prefix):
+    """{qualified class name: _ModuleType} of every `class X(Module)` in the archive's `code/` text.
 
     The text is only matched line by line, as torch's importer reads `__parameters__` and `__buffers__`;
     a class `a.b.C` lives in `code/a/b.py`, as torch's importer looks it up.
@@ -80,13 +80,13 @@ def declared_module_types(archive, prefix):
             elif current and (match := METHOD_LINE.match(line)):
                 types[current]["methods"].add(match[1])
     return {
-        qualified: ModuleType(frozenset(found["__parameters__"]), frozenset(found["__buffers__"]),
+        qualified: _ModuleType(frozenset(found["__parameters__"]), frozenset(found["__buffers__"]),
                               "__setstate__" in found["methods"])
         for qualified, found in types.items()
     }
 
 
-class ScriptObject:
+class _ScriptObject:
     """A TorchScript module as plain data: its class name and the attribute dict BUILD hands it."""
     qualified_name = ""
     state = None
@@ -95,14 +95,14 @@ class ScriptObject:
         self.state = state
 
 
-def rebuild_tensor(flat, offset, size, stride, requires_grad, backward_hooks):
+def _rebuild_tensor(flat, offset, size, stride, requires_grad, backward_hooks):
     """`torch._utils._rebuild_tensor_v2` for our flat storages; `as_strided` checks the bounds."""
     if not isinstance(flat, torch.Tensor) or not isinstance(requires_grad, bool) or backward_hooks:
         raise pickle.UnpicklingError("a tensor record is malformed")
     return flat.as_strided(size, stride, offset)
 
 
-class WeightsUnpickler(pickle.Unpickler):
+class _WeightsUnpickler(pickle.Unpickler):
     """Unpickles a TorchScript `data.pkl` admitting only tensors, storages and declared module classes."""
 
     def __init__(self, archive, prefix, module_types, byte_order):
@@ -113,7 +113,7 @@ class WeightsUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return rebuild_tensor
+            return _rebuild_tensor
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if module == "torch" and name in STORAGE_DTYPES:
@@ -127,7 +127,7 @@ class WeightsUnpickler(pickle.Unpickler):
         if module_type.runs_code_on_load:
             raise pickle.UnpicklingError(f"class {qualified} runs its own code when loaded (__setstate__)")
         if qualified not in self.classes:
-            self.classes[qualified] = type(name, (ScriptObject,), {"qualified_name": qualified})
+            self.classes[qualified] = type(name, (_ScriptObject,), {"qualified_name": qualified})
         return self.classes[qualified]
 
     def persistent_load(self, pid):
@@ -146,7 +146,7 @@ class WeightsUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def collect_state_dict(module, prefix, module_types, out):
+def _collect_state_dict(module, prefix, module_types, out):
     """Parameters, then buffers, then each submodule's, in slot order: what `state_dict()` gives."""
     if not isinstance(module.state, dict):
         raise pickle.UnpicklingError(f"{module.qualified_name} has no attribute dict")
@@ -156,12 +156,12 @@ def collect_state_dict(module, prefix, module_types, out):
             if name in declared and isinstance(value, torch.Tensor):
                 out[prefix + name] = value
     for name, value in module.state.items():
-        if isinstance(value, ScriptObject):
-            collect_state_dict(value, f"{prefix}{name}.", module_types, out)
+        if isinstance(value, _ScriptObject):
+            _collect_state_dict(value, f"{prefix}{name}.", module_types, out)
     return out
 
 
-def archive_prefix(archive):
+def _archive_prefix(archive):
     """The archive's top folder, the one holding `data.pkl`."""
     prefixes = [name[:-len("/data.pkl")] for name in archive.namelist()
                 if name.endswith("/data.pkl") and name.count("/") == 1]
@@ -174,47 +174,47 @@ def read_torchscript_weights(path):
     """The `{name: tensor}` that `torch.jit.load(path).state_dict()` gives, without running the archive's code."""
     with zipfile.ZipFile(path) as archive:
         try:
-            prefix = archive_prefix(archive)
-            order_record = f"{prefix}/byteorder"
+            prefix = _archive_prefix(archive)
+            order_record = f"{prefix}/byteorder"  # absent from old archives; torch.load then assumes little
             byte_order = archive.read(order_record).decode() if order_record in archive.namelist() else "little"
             if byte_order not in ("little", "big"):
                 raise pickle.UnpicklingError(f"byte order {byte_order!r} is unknown")
-            module_types = declared_module_types(archive, prefix)
-            root = WeightsUnpickler(archive, prefix, module_types, byte_order).load()
-            if not isinstance(root, ScriptObject):
+            module_types = _declared_module_types(archive, prefix)
+            root = _WeightsUnpickler(archive, prefix, module_types, byte_order).load()
+            if not isinstance(root, _ScriptObject):
                 raise pickle.UnpicklingError("data.pkl does not hold a module")
-            return collect_state_dict(root, "", module_types, collections.OrderedDict())
+            return _collect_state_dict(root, "", module_types, collections.OrderedDict())
         except Exception as error:  # untrusted bytes can fail in any way, and every way means this one refusal
             raise ValueError(
                 f'"{path}" is a TorchScript archive that holds something other than CLIP weights ({error}). '
-                "It was refused unread, and no code from it ran. Give an OpenAI CLIP TorchScript archive or "
+                "It was not loaded, and no code from it ran. Give an OpenAI CLIP TorchScript archive or "
                 "state dict, or a CLIP model name."
             ) from error
 
 
-def not_a_clip(path, reason):
+def _not_a_clip(path, reason):
     return ValueError(
         f'"{path}" is not a CLIP checkpoint: {reason}. Expected an OpenAI CLIP state dict (keys such as '
         f"'{CLIP_KEY}', as scripts/make_tiny_clip.py writes) or an OpenAI TorchScript archive."
     )
 
 
-def load_weights_only(path):
+def _load_weights_only(path):
     """A `torch.save` file read weights-only; its format is told by its first bytes."""
     with open(path, "rb") as handle:
         head = handle.read(len(ZIP_MAGIC))
     if head == ZIP_MAGIC and not zipfile.is_zipfile(path):
-        raise not_a_clip(path, "it is a damaged or truncated zip archive")
+        raise _not_a_clip(path, "it is a damaged or truncated zip archive")
     if head != ZIP_MAGIC and not head.startswith(PICKLE_MAGIC):
-        raise not_a_clip(path, "it is neither a zip archive nor a torch.save pickle")
+        raise _not_a_clip(path, "it is neither a zip archive nor a torch.save pickle")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's message advises weights_only=False, i.e. running the file's code: not advice to relay.
-        raise not_a_clip(path, "it holds Python objects other than tensors (never unpickled here, as that "
+        raise _not_a_clip(path, "it holds Python objects other than tensors (never unpickled here, as that "
                                "can run code), or is damaged") from None
     except (RuntimeError, EOFError) as error:
-        raise not_a_clip(path, f"it is damaged or truncated ({error})") from error
+        raise _not_a_clip(path, f"it is damaged or truncated ({error})") from error
 
 
 def read_state_dict(path):
@@ -222,13 +222,13 @@ def read_state_dict(path):
     if is_torchscript_archive(path):
         state_dict = read_torchscript_weights(path)
     else:
-        state_dict = load_weights_only(path)
+        state_dict = _load_weights_only(path)
     if not isinstance(state_dict, dict) or CLIP_KEY not in state_dict:
-        raise not_a_clip(path, f"it holds no '{CLIP_KEY}'")
+        raise _not_a_clip(path, f"it holds no '{CLIP_KEY}'")
     return state_dict
 
 
-def download_openai_clip(name):
+def _download_openai_clip(name):
     """The local copy of OpenAI's file for `name`, where `clip.load` keeps it (~/.cache/clip).
 
     clip's private `_download` is the one helper that checks the SHA-256 in the URL without then
@@ -245,7 +245,7 @@ def load_clip(name_or_path, precision="fp32", device="cpu"):
         precision: fp16, fp32 or amp as in CoOp's PREC; amp keeps fp32 weights.
     """
     if name_or_path in clip.available_models():
-        model = build_model(read_state_dict(download_openai_clip(name_or_path)))
+        model = build_model(read_state_dict(_download_openai_clip(name_or_path)))
     elif os.path.isfile(os.path.expanduser(name_or_path)):
         model = build_model(read_state_dict(os.path.expanduser(name_or_path)))
     else:
