@@ -106,7 +106,7 @@ def test_archive_that_runs_code_is_refused_unrun_though_torch_jit_load_runs_it(t
 def test_object_pickle_is_refused_unrun_though_torch_load_runs_it(tiny_student, tmp_path):
     marker = tmp_path / "ran"
     path = payload_pickle(tiny_student, tmp_path / "clip.pt", marker)
-    with pytest.raises(ValueError, match="not a CLIP checkpoint: it holds Python objects other than tensors") as refused:
+    with pytest.raises(ValueError, match="not a CLIP checkpoint: it holds Python objects other than") as refused:
         read_state_dict(path)
     assert "weights_only" not in str(refused.value)
     assert not marker.exists()
