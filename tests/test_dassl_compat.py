@@ -57,6 +57,21 @@ UNPATCHED_PROBES = textwrap.dedent(
     results["val_result_none"] = probe(lambda: trainer.load_model(directory, epoch=1))
 
     results["np_int"] = probe(lambda: randaugment.SolarizeAdd(Image.new("RGB", (4, 4)), 10))
+
+    torch.save({"state_dict": {"w": torch.zeros(64)}}, os.path.join(directory, "whole.pth"))
+    data = open(os.path.join(directory, "whole.pth"), "rb").read()
+    open(os.path.join(directory, "half.pth"), "wb").write(data[: len(data) // 2])
+    results["truncated_checkpoint"] = probe(lambda: load_checkpoint(os.path.join(directory, "half.pth")))
+
+    from dassl.data.data_manager import read_image
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(os.path.join(directory, "image.jpg"))
+    data = open(os.path.join(directory, "image.jpg"), "rb").read()
+    open(os.path.join(directory, "cut.jpg"), "wb").write(data[: len(data) // 2])
+    try:
+        read_image(os.path.join(directory, "cut.jpg"))
+        results["image_error_names_path"] = None
+    except OSError as error:
+        results["image_error_names_path"] = "cut.jpg" in str(error)
     import logging
     results["warnings_logged"] = logging.getLogger("any.library").isEnabledFor(logging.WARNING)
     print(json.dumps(results))
@@ -144,11 +159,11 @@ class _Payload:
 def test_load_checkpoint_refuses_pickled_objects(tmp_path):
     from dassl.utils import load_checkpoint
 
-    import trainers.dassl_compat  # noqa: F401
+    from trainers.dassl_compat import CheckpointError
 
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _Payload()}, path)
-    with pytest.raises(RuntimeError, match="pickled Python objects"):
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
         load_checkpoint(str(path))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_checkpoint(str(tmp_path / "missing.pth"))
@@ -195,3 +210,77 @@ def test_logging_is_not_disabled_by_dassl(unpatched_results):
 
     assert unpatched_results["warnings_logged"] is False
     assert logging.getLogger("any.library").isEnabledFor(logging.WARNING)
+
+
+def test_truncated_or_damaged_checkpoint_is_named(unpatched_results, tmp_path):
+    from dassl.utils import load_checkpoint
+
+    from trainers.dassl_compat import CheckpointError
+
+    assert unpatched_results["truncated_checkpoint"] == "RuntimeError"
+    path = tmp_path / "model.pth.tar-2"
+    torch.save({"state_dict": {"w": torch.arange(4096.0)}}, path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match=rf'"{path}" is not a usable checkpoint: it is not a complete zip'):
+        load_checkpoint(str(path))
+    tensor_start = whole.index(torch.arange(4096.0).numpy().tobytes()[:64])
+    path.write_bytes(whole[:tensor_start + 100] + b"\xff" * 8 + whole[tensor_start + 108:])
+    with pytest.raises(CheckpointError, match=r"its member .*data/0 fails its checksum"):
+        load_checkpoint(str(path))
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(str(legacy))["w"], torch.ones(3))
+    legacy.write_bytes(legacy.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="it ends early"):
+        load_checkpoint(str(legacy))
+
+
+def test_unreadable_image_is_named_also_from_a_loader_worker(unpatched_results, tmp_path):
+    from PIL import Image
+    from dassl.data.data_manager import read_image
+    from torch.utils.data import DataLoader
+
+    from trainers.dassl_compat import UnreadableImageError
+
+    assert unpatched_results["image_error_names_path"] is False
+    path = tmp_path / "cut.jpg"
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UnreadableImageError, match=rf"^cannot read the image {path}: .*Replace the file"):
+        read_image(str(path))
+    loader = DataLoader([str(path)], num_workers=1, collate_fn=lambda paths: [read_image(p) for p in paths])
+    with pytest.raises(UnreadableImageError) as error:
+        next(iter(loader))
+    assert str(error.value).startswith(f"cannot read the image {path}: ") and "Traceback" not in str(error.value)
+
+
+LOCALE_PROBE = textwrap.dedent(  # raw: the command line itself must be ASCII under LC_ALL=C
+    r"""
+    import os, sys
+    sys.path.insert(0, os.environ["REPO_ROOT"])
+    if sys.argv[1] == "patched":
+        import trainers.dassl_compat
+    from dassl.utils.logger import Logger
+    try:
+        logger = Logger(sys.argv[2])
+        logger.file.write("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e")
+        logger.file.close()
+        print("ok")
+    except UnicodeEncodeError:
+        print("UnicodeEncodeError")
+    """
+)
+
+
+@pytest.mark.parametrize("mode, expected", [("unpatched", "UnicodeEncodeError"), ("patched", "ok")])
+def test_log_file_is_utf8_under_an_ascii_locale(mode, expected, tmp_path):
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONIOENCODING", "LC_CTYPE")}
+    env.update(LC_ALL="C", LANG="C", PYTHONUTF8="0", REPO_ROOT=REPO_ROOT, PYTHONWARNINGS="ignore")
+    log = tmp_path / "log.txt"
+    result = subprocess.run([sys.executable, "-c", LOCALE_PROBE, mode, str(log)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == expected, result.stderr[-2000:]
+    if mode == "patched":
+        assert log.read_text(encoding="utf-8") == "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e"
