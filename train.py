@@ -5,10 +5,12 @@
         --config-file configs/trainers/CoOp/vit_b16_ep50.yaml \\
         --output-dir output/coop/oxford_pets/seed1 DATASET.NUM_SHOTS 16
 
-Trailing KEY VALUE pairs override any config key (see trainers/config.py for the project's keys).
+Trailing KEY VALUE pairs override any config key (see trainers/config.py for the project's keys);
+they come after every flag.
 """
 import argparse
 import os
+import re
 import sys
 
 import torch
@@ -19,6 +21,7 @@ from trainers.base import TrainingSetupError
 from trainers.config import check_registered, setup_cfg
 
 EXIT_SETUP_ERROR = 2
+FLAG_LIKE = re.compile(r"--[A-Za-z]")
 
 
 def build_parser():
@@ -51,11 +54,22 @@ def print_args(args, cfg):
     print(cfg)
 
 
+def check_opts(opts):
+    """argparse.REMAINDER takes everything after the first KEY, flags included: name a flag found there."""
+    flags = [word for word in opts if FLAG_LIKE.match(word)]
+    if flags:
+        raise ValueError(
+            f"{flags[0]} comes after the config override {opts[0]}, so it was read as an override, not a flag: "
+            "put every flag first and the KEY VALUE overrides at the end of the command"
+        )
+
+
 def build(args):
     """Config, logger and trainer; user errors (paths, names, shapes) surface as one message."""
     from dassl.engine import build_trainer
     from dassl.utils import collect_env_info, set_random_seed, setup_logger
 
+    check_opts(args.opts or [])
     trainers.register_all()
     datasets.register_all()
     cfg = setup_cfg(args)

@@ -125,3 +125,77 @@ def test_config_without_normalize_is_refused_instead_of_evaluating_raw_pixels(sy
                                      trainer="FDBPL", config=str(config)))
     assert stderr.startswith('error: INPUT.TRANSFORMS is [], without "normalize"')
     assert 'Add "normalize" to INPUT.TRANSFORMS in the --config-file' in stderr
+
+
+def parsed(*argv):
+    from train import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def config_error(*argv):
+    from trainers.config import setup_cfg
+
+    with pytest.raises(ValueError) as error:
+        setup_cfg(parsed(*argv))
+    return str(error.value)
+
+
+def test_config_key_typos_are_named_with_their_source_and_a_suggestion(tmp_path):
+    assert config_error("TRAINER.FDBPL.RIL_PATH", "t.h5").startswith(
+        "the override TRAINER.FDBPL.RIL_PATH t.h5: unknown config key TRAINER.FDBPL.RIL_PATH. "
+        "Did you mean TRAINER.FDBPL.RIL_TABLE"
+    )
+    assert "Did you mean TRAINER.FDBPL.RIL_TABLE" in config_error("TRAINER.FDBLP.RIL_TABLE", "t.h5")
+    config = tmp_path / "typo.yaml"
+    config.write_text("OPTIM:\n  LR: 0.01\n  MAX_EPOCHS: 3\n", encoding="utf-8")
+    assert config_error("--config-file", str(config)).startswith(
+        f"{config} (--config-file): unknown config key OPTIM.MAX_EPOCHS. Did you mean OPTIM.MAX_EPOCH"
+    )
+    assert config_error("--dataset-config-file", str(config), "--config-file", str(tmp_path / "none.yaml")).startswith(
+        f"{config} (--dataset-config-file): unknown config key OPTIM.MAX_EPOCHS"
+    )
+    assert config_error("NO.SUCH.THING", "1") == (
+        "the override NO.SUCH.THING 1: unknown config key NO.SUCH.THING. trainers/config.py declares every key "
+        "of the project."
+    )
+
+
+def test_config_values_and_files_that_cannot_be_merged_are_named(tmp_path):
+    assert config_error("DATASET.NUM_SHOTS", "sixteen").startswith(
+        "the override DATASET.NUM_SHOTS sixteen: Type mismatch"
+    )
+    assert config_error("DATASET.NUM_SHOTS", "16", "SEED") == (
+        "config overrides come in KEY VALUE pairs, but 3 words were given (DATASET.NUM_SHOTS 16 SEED); the last "
+        "one, SEED, has no value"
+    )
+    missing = tmp_path / "missing.yaml"
+    assert config_error("--config-file", str(missing)).startswith(f"{missing} (--config-file) cannot be read: ")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("OPTIM: [LR\n", encoding="utf-8")
+    assert config_error("--config-file", str(broken)).startswith(f"{broken} (--config-file) is not valid UTF-8 YAML")
+    wrong_type = tmp_path / "wrong_type.yaml"
+    wrong_type.write_text("OPTIM:\n  MAX_EPOCH: many\n", encoding="utf-8")
+    assert config_error("--config-file", str(wrong_type)).startswith(f"{wrong_type} (--config-file): Type mismatch")
+
+
+def test_typo_and_flags_after_overrides_end_with_one_message(synthetic_root, tiny_student, tmp_path):
+    stderr = run_failing(*train_args(synthetic_root, tmp_path, tiny_student, "DATASET.NUM_SHOT", "4"))
+    assert stderr.startswith("error: the override DATASET.NUM_SHOT 4: unknown config key DATASET.NUM_SHOT. "
+                             "Did you mean DATASET.NUM_SHOTS")
+    stderr = run_failing("train.py", "DATASET.NUM_SHOTS", "16", *train_args(synthetic_root, tmp_path, tiny_student)[1:])
+    assert stderr.startswith("error: --root comes after the config override DATASET.NUM_SHOTS, so it was read as an "
+                             "override, not a flag: put every flag first")
+    assert not os.listdir(tmp_path), "a refused command must not write into its output folder"
+
+
+def test_config_without_normalize_is_refused_instead_of_evaluating_raw_pixels(synthetic_root, tiny_student, tmp_path):
+    """A user's config without "normalize" would evaluate CLIP on raw [0, 1] pixels: one message, exit 2."""
+    with open(os.path.join(REPO_ROOT, "configs/trainers/FDBPL/tiny_ep2.yaml")) as handle:
+        shipped = handle.read().splitlines()
+    config = tmp_path / "no_normalize.yaml"
+    config.write_text("\n".join(line for line in shipped if "TRANSFORMS" not in line) + "\n")
+    stderr = run_failing(*train_args(synthetic_root, tmp_path / "out", tiny_student, "--eval-only",
+                                     trainer="FDBPL", config=str(config)))
+    assert stderr.startswith('error: INPUT.TRANSFORMS is [], without "normalize"')
+    assert 'Add "normalize" to INPUT.TRANSFORMS in the --config-file' in stderr

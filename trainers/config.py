@@ -1,10 +1,12 @@
 """Every config key the project adds to Dassl's defaults, declared once, and the config builder.
 
 `train.py` and `python -m ril` build their config through `setup_cfg`, so a table is made from
-exactly the image list that training reads.
+exactly the image list that training reads. `setup_cfg` raises ValueError naming the file or
+override of any key it cannot take.
 """
 import difflib
 
+import yaml
 from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY
@@ -126,14 +128,86 @@ def get_cfg():
 def setup_cfg(args):
     """Merge dataset config, method config, CLI flags and trailing opts, in CoOp's order."""
     cfg = get_cfg()
-    if getattr(args, "dataset_config_file", ""):
-        cfg.merge_from_file(args.dataset_config_file)
-    if getattr(args, "config_file", ""):
-        cfg.merge_from_file(args.config_file)
+    for flag in ("dataset_config_file", "config_file"):
+        path = getattr(args, flag, "")
+        if path:
+            _merge_file(cfg, path, "--" + flag.replace("_", "-"))
     _apply_flags(cfg, args)
-    cfg.merge_from_list(getattr(args, "opts", None) or [])
+    _merge_opts(cfg, getattr(args, "opts", None) or [])
     cfg.freeze()
     return cfg
+
+
+def flat_keys(node, prefix=""):
+    """{dotted key: value} of every leaf of a config."""
+    keys = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            keys.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            keys[f"{prefix}{key}"] = value
+    return keys
+
+
+def _unknown_key_error(key, cfg, source):
+    """Suggest keys of the same node with a close name first (RIL_PATH -> RIL_TABLE), then close keys anywhere."""
+    declared = list(flat_keys(cfg))
+    node, _, leaf = key.rpartition(".")
+    siblings = [name.rpartition(".")[2] for name in declared if name.rpartition(".")[0] == node]
+    close = [f"{node}.{name}" if node else name for name in difflib.get_close_matches(leaf, siblings, n=2, cutoff=0.5)]
+    close = close or difflib.get_close_matches(key, declared, n=2, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else " trainers/config.py declares every key of the project."
+    return ValueError(f"{source}: unknown config key {key}.{hint}")
+
+
+def _unknown_keys(loaded, node, prefix=""):
+    """Dotted keys of a loaded YAML mapping that the config `node` does not declare."""
+    for key, value in loaded.items():
+        full_key = f"{prefix}{key}"
+        if key not in node:
+            yield full_key
+        elif isinstance(value, dict) and isinstance(node[key], CN):
+            yield from _unknown_keys(value, node[key], f"{full_key}.")
+
+
+def _merge_file(cfg, path, flag):
+    """Merge a YAML config file, read as UTF-8 whatever the locale (yacs would use the locale's encoding)."""
+    source = f"{path} ({flag})"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+    except OSError as error:
+        raise ValueError(f"{source} cannot be read: {error.strerror}; check the path") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source} is not valid UTF-8 YAML: {error}") from error
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{source} holds a {type(loaded).__name__}, not a mapping of config keys")
+    unknown = next(_unknown_keys(loaded, cfg), None)
+    if unknown:
+        raise _unknown_key_error(unknown, cfg, source)
+    try:
+        cfg.merge_from_other_cfg(CN(loaded))
+    except ValueError as error:  # yacs: a value of the wrong type
+        raise ValueError(f"{source}: {error}") from error
+
+
+def _merge_opts(cfg, opts):
+    """Merge trailing KEY VALUE overrides, one pair at a time so an error names its pair."""
+    if len(opts) % 2:
+        raise ValueError(
+            f"config overrides come in KEY VALUE pairs, but {len(opts)} words were given "
+            f"({' '.join(opts)}); the last one, {opts[-1]}, has no value"
+        )
+    declared = flat_keys(cfg)
+    for key, value in zip(opts[0::2], opts[1::2]):
+        source = f"the override {key} {value}"
+        if key not in declared:
+            raise _unknown_key_error(key, cfg, source)
+        try:
+            cfg.merge_from_list([key, value])
+        except ValueError as error:  # yacs: a value of the wrong type
+            raise ValueError(f"{source}: {error}") from error
 
 
 _FLAG_TO_KEY = {
