@@ -7,13 +7,16 @@
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
     torchrun --nproc_per_node=4 -m ril precompute ...     (sharded: one shard per rank, merged by rank 0)
     python -m ril inspect --table TABLE
-    python -m ril verify --table TABLE [--root ... --dataset-config-file ... --config-file ... opts]
+    python -m ril verify --table TABLE [--deep] [--root ... --dataset-config-file ... --config-file ... opts]
     python -m ril add-features --table TABLE --model ViT-B/16 --root $DATA
     python -m ril merge --out TABLE SHARD [SHARD ...]
 
 The table covers exactly the training split train.py reads with the same --root, --seed,
 --dataset-config-file, --config-file and opts (few-shot seed = SEED, DATASET.SUBSAMPLE_CLASSES).
 Regions are cut at INPUT.SIZE with INPUT.INTERPOLATION.
+
+Exit status: 0 done, 1 `verify` found problems, 2 an error (a bad flag or config key, a file that
+cannot be read or written, a corrupt table), told in one message; FDBPL_DEBUG=1 adds the traceback.
 """
 import os
 import sys
@@ -24,6 +27,7 @@ if sys.path[0] != REPO_ROOT:  # our `datasets` package, not Hugging Face's
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
 import torch  # noqa: E402
@@ -88,9 +92,12 @@ def build_parser():
     inspect = add_command(commands, "inspect", "print fingerprint, counts, sizes and teacher statistics")
     inspect.add_argument("--table", required=True, help="an RIL table (finished or not)")
 
-    verify = add_command(commands, "verify", "check structure, completeness, data ranges and (given a dataset "
-                         "config) the fingerprint; exit status 1 on any problem")
+    verify = add_command(commands, "verify", "check structure, stored paths, completeness, the rows (checksums "
+                         "and value ranges) of a sample of images or, with --deep, of every image, and (given a "
+                         "dataset config) the fingerprint; exit status 1 on any problem, 2 if the file cannot be "
+                         "read as a table")
     verify.add_argument("--table", required=True, help="an RIL table")
+    verify.add_argument("--deep", action="store_true", help="check every image's rows, not a sample of them")
     add_dataset_flags(verify, required=False)
     return parser
 
@@ -141,18 +148,19 @@ def load_inputs(args, rank, world_size, device):
 
 
 def run_precompute(args):
-    from ril.precompute import RegionSpec, precompute
+    from ril.precompute import RegionSpec, check_run_options, precompute
+    from ril.writer import check_output_path
 
+    spec = RegionSpec(num_regions=args.regions, topk=args.topk, scale=tuple(args.scale), crop_seed=args.crop_seed,
+                      templates=tuple(args.templates or ()))  # checks the flags before anything is loaded
+    check_run_options(args.batch_size, args.workers)
+    check_output_path(args.out)
     rank, world_size, device = init_distributed(args.device)
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         cfg, dataset, teacher = load_inputs(args, rank, world_size, device)
-        spec = RegionSpec(
-            num_regions=args.regions, topk=args.topk, output_size=tuple(cfg.INPUT.SIZE),
-            interpolation=cfg.INPUT.INTERPOLATION, scale=tuple(args.scale), crop_seed=args.crop_seed,
-            templates=tuple(args.templates or ()),
-        )
+        spec = replace(spec, output_size=tuple(cfg.INPUT.SIZE), interpolation=cfg.INPUT.INTERPOLATION)
         paths, labels = training_images(dataset, cfg.DATASET.ROOT)
         precompute(
             args.out, os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT)), paths, labels,
@@ -198,12 +206,13 @@ def run_verify(args):
     expected = None
     if args.dataset_config_file:
         expected = run_fingerprint(*build_run(args))
-    problems = verify(args.table, expected)
-    for problem in problems:
+    result = verify(args.table, expected, deep=args.deep)
+    for problem in result.problems:
         print(f"PROBLEM: {problem}")
-    checked = "structure, completeness, data ranges" + (" and fingerprint" if expected else "")
-    print(f"{args.table}: {'FAILED' if problems else 'OK'} ({checked})")
-    return 1 if problems else 0
+    checked = (f"structure, stored paths, completeness, rows of {result.images_checked} of {result.num_images} "
+               "images" + (" and fingerprint" if expected else ""))
+    print(f"{args.table}: {'FAILED' if result.problems else 'OK'} ({checked})")
+    return 1 if result.problems else 0
 
 
 COMMANDS = {"precompute": run_precompute, "merge": run_merge, "add-features": run_add_features,
@@ -215,7 +224,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (RILTableError, FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
+    except (RILTableError, OSError, ValueError, ImportError) as error:
         if os.environ.get("FDBPL_DEBUG"):
             raise
         print(f"error: {error}\n(set FDBPL_DEBUG=1 for the full traceback)", file=sys.stderr)

@@ -96,14 +96,18 @@ def normalize_pixels(pixels, mean, std):
 
 
 def load_rgb(path):
-    """Decode an image as RGB, as Dassl's `read_image` does; a missing file is named."""
+    """Decode an image as RGB, as Dassl's `read_image` does; a missing or undecodable file is named."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"image {path} is missing: the RIL table lists it relative to the dataset root; "
             "check DATASET.ROOT (--root) or restore the file"
         )
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # what PIL decoders raise
+        raise OSError(f"image {path} cannot be decoded ({error}): the file is truncated or corrupt; "
+                      "restore it from the dataset's archive") from error
 
 
 def cut_regions(image, boxes, flips, output_size, interpolation):

@@ -2,8 +2,10 @@
 
 `student/features` (N, M, D) float16 holds the raw CLIP image-encoder output (after the
 projection, before L2 normalisation) of each region, cut with the stored box and flip and
-normalised with the student's mean/std; `student/done` (N,) marks finished images (resumable).
-A trainer whose image encoder is frozen can then skip decoding and the image tower entirely.
+normalised with the student's mean/std; `student/checksum` (N,) holds a CRC32 of each image's
+features and `student/done` (N,) marks finished images (resumable). Written like the rows (see
+`writer`): NaN/Inf refused, synced before marked done, read back at the end. A trainer whose
+image encoder is frozen can then skip decoding and the image tower entirely.
 """
 import logging
 import os
@@ -15,10 +17,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .crops import normalize_pixels
-from .format import FEATURES_DATASET, FEATURES_DONE, RILTableError, create_contiguous, open_table_file
-from .precompute import ImageRegions
+from .format import (
+    FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, RILTableError, encode_attr, open_table_file, stamped,
+)
+from .precompute import ImageRegions, regions_of
 from .reader import RILTable
 from .teachers import load_openai_clip
+from .writer import TableWriter, create_contiguous, fill_new_file, hdf5_writes, read_back, replace_durably
 
 logger = logging.getLogger(__name__)
 STUDENT_GROUP = FEATURES_DATASET.split("/")[0]
@@ -31,24 +36,32 @@ class StoredRegions:
         self.table = table
 
     def __call__(self, index, width, height):
-        regions = np.arange(self.table.num_regions)
-        rows = self.table.read(np.full_like(regions, index), regions)
+        rows = self.table.read_image(index, np.arange(self.table.num_regions))
         return rows["box"], rows["flip"]
 
 
 def _rebuild_with_feature_datasets(path, shape, attrs):
-    """Copy the table without any old cache plus empty cache datasets, then swap it in atomically."""
+    """Copy the table without any old cache, plus empty cache datasets; swap the copy in once every
+    copied row has read back intact (the temporary copy is removed on failure)."""
     temporary = f"{path}.features-{os.getpid()}"
-    with open_table_file(path) as source, h5py.File(temporary, "w") as target:
-        for name, value in source.attrs.items():
-            target.attrs[name] = value
-        for name in source:
-            if name != STUDENT_GROUP:
-                source.copy(source[name], target, name=name)
-        features = create_contiguous(target, FEATURES_DATASET, shape, "float16")
-        features.attrs.update(attrs)
-        create_contiguous(target, FEATURES_DONE, shape[:1], "uint8")[...] = 0
-    os.replace(temporary, path)
+    try:
+        with hdf5_writes(temporary, "create"), open_table_file(path) as source, h5py.File(temporary, "w") as target:
+            for name, value in source.attrs.items():
+                target.attrs[name] = value
+            for name in source:
+                if name != STUDENT_GROUP:
+                    source.copy(source[name], target, name=name)
+            features = create_contiguous(target, FEATURES_DATASET, shape, "float16")
+            for name, value in stamped(attrs).items():
+                features.attrs[name] = encode_attr(name, value)
+            for name, dtype in ((FEATURES_DONE, "uint8"), (FEATURES_CHECKSUM, "uint32")):
+                create_contiguous(target, name, shape[:1], dtype)
+        fill_new_file(temporary, path)
+        read_back(temporary)
+        replace_durably(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _prepare(path, table, student, overwrite):
@@ -86,12 +99,11 @@ def add_student_features(path, image_root, model, device="cpu", batch_size=256, 
     regions = ImageRegions(image_root, table.image_paths, pending, table.attrs["output_size"],
                            table.attrs["interpolation"], StoredRegions(table))
     batches = iter(DataLoader(regions, batch_size=None, shuffle=False, num_workers=workers))
-    with open_table_file(path, "r+") as handle:  # opened after the workers start: no handle crosses a fork
-        for index, _, _, _, pixels in tqdm(batches, total=len(regions), unit="img", desc="student features"):
+    with TableWriter(path) as writer:  # opened after the workers start: no file handle crosses a fork
+        for index, _, _, _, pixels in tqdm(regions_of(batches), total=len(regions), unit="img",
+                                           desc="student features"):
             pixels = normalize_pixels(pixels.to(student.device), student.mean, student.std)
             features = torch.cat([student.image_features(chunk).cpu() for chunk in pixels.split(batch_size)])
-            handle[FEATURES_DATASET][int(index)] = features.numpy().astype(np.float16)
-            handle.flush()
-            handle[FEATURES_DONE][int(index)] = 1
-            handle.flush()
+            writer.write_features(int(index), features.numpy())
+    read_back(path, features=True)
     logger.info("Cached %s features of %d images in %s", student.teacher_id, table.num_images, path)

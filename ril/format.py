@@ -1,17 +1,20 @@
-"""The RIL table on disk (HDF5): schema, root attributes, fingerprint, creation and validation.
+"""The RIL table on disk (HDF5): schema, root attributes, fingerprint and validation.
 
 Layout: every dataset is **contiguous, uncompressed and allocated when the file is created**
-(no chunking). Reason: rows are ordered (image, region), so the R regions of one image visited
-by the region dataset lie inside that image's block and a random (image, region) read is a
-few small reads at computable offsets; the reader maps the bytes directly (`numpy.memmap` at
-each dataset's file offset), which is much faster than one HDF5 call per field. Early
-allocation also means that writing results (precompute, resume) only overwrites raw bytes in
-place and never changes HDF5 metadata, so a SIGKILL cannot corrupt the structure; the file is
-created under a temporary name and renamed, so it never exists half-built.
+(no chunking), `images/path` included (fixed-length UTF-8, NUL-padded). Reason: rows are
+ordered (image, region), so the R regions of one image visited by the region dataset lie
+inside that image's block and a random (image, region) read is a few small reads at
+computable offsets; the reader maps the bytes directly (`numpy.memmap` at each dataset's file
+offset), which is much faster than one HDF5 call per field. Early allocation also means that
+writing results only overwrites raw bytes in place and never changes HDF5 metadata (see
+`writer`). Integrity: `images/checksum` holds a CRC32 of each image's rows (`integrity`), the
+root attribute `attributes_sha256` a digest of every other attribute but `complete`, and
+`image_list_sha256` covers the stored paths and labels.
 """
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import h5py
@@ -41,7 +44,10 @@ SETTING_FIELDS = (
     "crop_scale", "crop_ratio", "flip_prob", "interpolation", "crop_seed",
 )
 JSON_FIELDS = ("classnames", "templates")
-BOOKKEEPING_FIELDS = ("format", "version", "created", "package_version", "complete", "shard_rank", "shard_count")
+BOOKKEEPING_FIELDS = (
+    "format", "version", "created", "package_version", "complete", "shard_rank", "shard_count", "attributes_sha256",
+)
+MUTABLE_ATTRS = ("complete",)  # set after creation, so outside attributes_sha256
 REQUIRED_ATTRS = (
     tuple(name for name, _ in FINGERPRINT_FIELDS) + ("classnames_sha256",) + SETTING_FIELDS + BOOKKEEPING_FIELDS
 )
@@ -55,10 +61,18 @@ REGION_DATASETS = {
     "regions/logsumexp": ("float32", lambda k: ()),
     "regions/entropy": ("float32", lambda k: ()),
 }
-IMAGE_DATASETS = {"images/label": ("int32", ()), "images/size": ("int32", (2,)), "progress/done": ("uint8", ())}
+IMAGE_DATASETS = {
+    "images/label": ("int32", ()), "images/size": ("int32", (2,)), "images/checksum": ("uint32", ()),
+    "progress/done": ("uint8", ()),
+}
 PATH_DATASET = "images/path"
+CHECKSUM_DATASET = "images/checksum"  # CRC32 of the image's rows, see integrity.image_checksum
+DONE_DATASET = "progress/done"
 FEATURES_DATASET = "student/features"  # optional (N, M, D) float16 student image features
 FEATURES_DONE = "student/done"  # (N,) uint8, like progress/done
+FEATURES_CHECKSUM = "student/checksum"  # (N,) uint32, CRC32 of the image's features
+FEATURE_DATASETS = (FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM)
+REBUILD = "rebuild it with python -m ril precompute --overwrite"
 
 
 class RILTableError(ValueError):
@@ -66,22 +80,33 @@ class RILTableError(ValueError):
 
 
 def schema(num_images, num_regions, topk):
-    """Every numeric dataset of a table: name -> (shape, dtype)."""
+    """Every numeric dataset of a table (all but `images/path`): name -> (shape, dtype)."""
     shapes = {name: ((num_images, *tail), dtype) for name, (dtype, tail) in IMAGE_DATASETS.items()}
     for name, (dtype, tail) in REGION_DATASETS.items():
         shapes[name] = ((num_images, num_regions, *tail(topk)), dtype)
     return shapes
 
 
+def path_dtype(image_paths):
+    """Fixed-length UTF-8 strings as long as the longest encoded path (stored in place, not in a heap)."""
+    return h5py.string_dtype("utf-8", max([1] + [len(path.encode("utf-8")) for path in image_paths]))
+
+
 def classnames_sha256(classnames):
-    return hashlib.sha256(json.dumps(list(classnames)).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(list(classnames)).encode("utf-8")).hexdigest()
 
 
 def image_list_sha256(image_paths, labels):
     digest = hashlib.sha256()
     for path, label in zip(image_paths, labels):
-        digest.update(f"{path}\t{int(label)}\n".encode())
+        digest.update(f"{path}\t{int(label)}\n".encode("utf-8"))
     return digest.hexdigest()
+
+
+def attributes_sha256(attrs):
+    """Digest of decoded attributes (see `read_attrs`), all but MUTABLE_ATTRS and the digest itself."""
+    kept = {name: value for name, value in attrs.items() if name not in (*MUTABLE_ATTRS, "attributes_sha256")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def expected_fingerprint(dataset, num_shots, seed, subsample, classnames, image_paths, labels, split=SPLIT):
@@ -168,7 +193,14 @@ def make_attrs(fingerprint, settings, shard_rank=0, shard_count=1):
     return attrs
 
 
-def _encode_attr(name, value):
+def stamped(attrs):
+    """`attrs` as stored, with `attributes_sha256` set to their digest."""
+    stored = as_stored({name: value for name, value in attrs.items() if name != "attributes_sha256"})
+    return dict(stored, attributes_sha256=attributes_sha256(stored))
+
+
+def encode_attr(name, value):
+    """An attribute value as h5py stores it (JSON for the JSON_FIELDS, arrays for lists)."""
     if name in JSON_FIELDS:
         return json.dumps(list(value))
     if isinstance(value, (list, tuple)):
@@ -186,63 +218,22 @@ def _decode_attr(name, value):
     return value
 
 
-def read_attrs(handle):
-    """Root attributes as plain Python values (lists, ints, floats, str, bool)."""
-    return {name: _decode_attr(name, value) for name, value in handle.attrs.items()}
+def read_attrs(attribute_set):
+    """Attributes (of the root, or of any HDF5 object) as plain Python values (lists, ints, floats, str, bool)."""
+    return {name: _decode_attr(name, value) for name, value in attribute_set.items()}
 
 
 def as_stored(attrs):
     """`attrs` as they read back from a file (tuples become lists), for comparison with a file's."""
-    return {name: _decode_attr(name, _encode_attr(name, value)) for name, value in attrs.items()}
-
-
-def _early_allocation():
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dcpl
-
-
-def create_contiguous(group, name, shape, dtype):
-    """A contiguous dataset whose storage exists from the start (later writes touch data only)."""
-    return group.create_dataset(name, shape=shape, dtype=dtype, dcpl=_early_allocation(), fill_time="never")
-
-
-def create_table(path, attrs, image_paths, labels):
-    """Write an empty, unfinished table at `path` (built under a temporary name, then renamed)."""
-    num_images, num_regions, topk = len(image_paths), attrs["num_regions"], attrs["topk"]
-    temporary = f"{path}.creating-{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with h5py.File(temporary, "w") as handle:
-        for name, value in attrs.items():
-            handle.attrs[name] = _encode_attr(name, value)
-        handle.create_dataset(PATH_DATASET, data=np.array(image_paths, dtype=object), dtype=h5py.string_dtype())
-        for name, (shape, dtype) in schema(num_images, num_regions, topk).items():
-            create_contiguous(handle, name, shape, dtype)
-        handle["images/label"][...] = np.asarray(labels, dtype=np.int32)
-        handle["progress/done"][...] = 0
-    os.replace(temporary, path)
-
-
-def set_complete(handle):
-    handle.attrs["complete"] = True
-
-
-def write_image(handle, index, size, rows):
-    """Store one image's results (`rows`: REGION_DATASETS name -> (M, ...)), then mark it done.
-
-    Data is flushed before the done flag, so a killed process never leaves a done image with
-    partial rows.
-    """
-    handle["images/size"][index] = size
-    for name, value in rows.items():
-        handle[name][index] = value
-    handle.flush()
-    handle["progress/done"][index] = 1
-    handle.flush()
+    return {name: _decode_attr(name, encode_attr(name, value)) for name, value in attrs.items()}
 
 
 def open_table_file(path, mode="r"):
-    """An h5py handle on an existing table file, with errors that say what is wrong and what to do."""
+    """An h5py handle on an existing table file, with errors that say what is wrong and what to do.
+
+    Opening a file from elsewhere should go through `probe.load_layout`, which first reads its
+    structure in a child process (damaged HDF5 metadata can crash or hang the reading process).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"RIL table {path} does not exist; build it with python -m ril precompute --out {path}")
     try:
@@ -254,38 +245,151 @@ def open_table_file(path, mode="r"):
             ) from error
         raise RILTableError(
             f"RIL table {path} cannot be read as HDF5 ({error}): the file is truncated or corrupt, e.g. an "
-            "interrupted copy. Copy it again, or rebuild it with python -m ril precompute --overwrite"
+            f"interrupted copy. Copy it again, or {REBUILD}"
         ) from error
 
 
-def validate_structure(handle, path):
-    """Check format, version, attributes and every dataset's shape and dtype; return the attributes."""
-    attrs = read_attrs(handle)
+def damaged(path, what):
+    """The error for a table whose bytes changed after they were written."""
+    return RILTableError(
+        f"RIL table {path} is damaged: {what}. A byte of the file changed after it was written (a failing disk "
+        f"or an interrupted copy); copy it again from a good source, or {REBUILD}"
+    )
+
+
+def _checked_attrs(handle, path):
+    try:
+        attrs = read_attrs(handle.attrs)
+    except (ValueError, TypeError) as error:  # e.g. a JSON attribute that no longer parses
+        raise damaged(path, f"its root attributes cannot be decoded ({error})") from error
     if attrs.get("format") != FORMAT_NAME:
         raise RILTableError(
             f"{path} is not an RIL table (root attribute format={attrs.get('format')!r}, expected {FORMAT_NAME!r})"
         )
-    if attrs["version"] != FORMAT_VERSION:
+    if attrs.get("version") != FORMAT_VERSION:
         raise RILTableError(
-            f"RIL table {path} has format version {attrs['version']}, this code reads version {FORMAT_VERSION}; "
-            "rebuild it with python -m ril precompute --overwrite"
+            f"RIL table {path} has format version {attrs.get('version')}, this code reads version {FORMAT_VERSION}; "
+            f"{REBUILD}"
+        )
+    if CHECKSUM_DATASET not in handle or "attributes_sha256" not in attrs:
+        raise RILTableError(
+            f"RIL table {path} was written before tables carried checksums (no {CHECKSUM_DATASET}), so its rows "
+            f"cannot be checked; {REBUILD}"
         )
     missing = [name for name in REQUIRED_ATTRS if name not in attrs]
     if missing:
-        raise RILTableError(f"RIL table {path} lacks root attributes {missing}; it is damaged, rebuild it")
-    if PATH_DATASET not in handle:
-        raise RILTableError(f"RIL table {path} lacks dataset {PATH_DATASET}; rebuild it")
-    num_images = handle[PATH_DATASET].shape[0]
-    for name, (shape, dtype) in schema(num_images, attrs["num_regions"], attrs["topk"]).items():
-        if name not in handle:
-            raise RILTableError(f"RIL table {path} lacks dataset {name}; rebuild it")
-        found = handle[name]
-        if found.shape != shape or found.dtype != np.dtype(dtype):
-            raise RILTableError(
-                f"RIL table {path}: dataset {name} has shape {found.shape} dtype {found.dtype}, "
-                f"expected {shape} {dtype}; rebuild it"
-            )
+        raise damaged(path, f"it lacks root attributes {missing}")
+    try:
+        digest = attributes_sha256(attrs)
+    except TypeError as error:  # a value json cannot encode: not one this code wrote
+        raise damaged(path, f"a root attribute has an unexpected type ({error})") from error
+    if digest != attrs["attributes_sha256"]:
+        raise damaged(path, "its root attributes do not match their attributes_sha256")
     return attrs
+
+
+def _check_dataset(handle, path, name, shape, dtype):
+    if name not in handle:
+        raise RILTableError(f"RIL table {path} lacks dataset {name}; {REBUILD}")
+    found = handle[name]
+    if found.shape != shape or found.dtype != np.dtype(dtype):
+        raise RILTableError(
+            f"RIL table {path}: dataset {name} has shape {found.shape} dtype {found.dtype}, "
+            f"expected {shape} {dtype}; {REBUILD}"
+        )
+
+
+def validate_structure(handle, path):
+    """Check format, version, attributes (and their digest), every dataset's shape and dtype; return the attributes."""
+    attrs = _checked_attrs(handle, path)
+    num_images = attrs["num_images"]
+    if PATH_DATASET not in handle:
+        raise RILTableError(f"RIL table {path} lacks dataset {PATH_DATASET}; {REBUILD}")
+    paths = handle[PATH_DATASET]
+    info = h5py.check_string_dtype(paths.dtype)
+    if paths.shape != (num_images,) or info is None or info.encoding != "utf-8" or info.length is None:
+        raise RILTableError(
+            f"RIL table {path}: dataset {PATH_DATASET} has shape {paths.shape} dtype {paths.dtype}, expected "
+            f"({num_images},) fixed-length UTF-8 strings; {REBUILD}"
+        )
+    for name, (shape, dtype) in schema(num_images, attrs["num_regions"], attrs["topk"]).items():
+        _check_dataset(handle, path, name, shape, dtype)
+    return attrs
+
+
+@dataclass
+class TableLayout:
+    """What readers and writers take from a table's HDF5 structure; `locations`: dataset name ->
+    (file offset, or None when not contiguous, shape, dtype); `memory`: non-contiguous datasets, read
+    when asked for in memory."""
+
+    attrs: dict
+    image_paths: list
+    labels: np.ndarray
+    done: np.ndarray
+    checksums: np.ndarray
+    features_attrs: dict
+    locations: dict
+    memory: dict
+
+
+def dataset_location(dataset, path):
+    offset = dataset.id.get_offset()
+    end = (offset or 0) + dataset.dtype.itemsize * int(np.prod(dataset.shape))
+    if offset is not None and end > os.path.getsize(path):
+        raise RILTableError(
+            f"RIL table {path} is truncated: dataset {dataset.name} ends past the end of the file. Copy it "
+            f"again, or {REBUILD}"
+        )
+    return offset, dataset.shape, dataset.dtype
+
+
+def _features_attrs(handle, path, shape_prefix):
+    """The student feature cache's attributes (checked like the root's), or None without a cache."""
+    if FEATURES_DATASET not in handle:
+        return None
+    features = handle[FEATURES_DATASET]
+    attrs = read_attrs(features.attrs)
+    fix = f"rebuild the cache with python -m ril add-features --table {path} --overwrite"
+    if FEATURES_CHECKSUM not in handle or "attributes_sha256" not in attrs:
+        raise RILTableError(f"RIL table {path} has a student feature cache without checksums; {fix}")
+    if attributes_sha256(attrs) != attrs["attributes_sha256"]:
+        raise damaged(path, f"the attributes of {FEATURES_DATASET} do not match their attributes_sha256")
+    if features.ndim != 3 or features.shape[:2] != shape_prefix or features.dtype != np.float16:
+        raise RILTableError(f"RIL table {path}: {FEATURES_DATASET} has shape {features.shape} dtype "
+                            f"{features.dtype}, expected {shape_prefix + ('D',)} float16; {fix}")
+    for name, dtype in ((FEATURES_DONE, "uint8"), (FEATURES_CHECKSUM, "uint32")):
+        _check_dataset(handle, path, name, shape_prefix[:1], dtype)
+    return attrs
+
+
+def read_layout(handle, path, in_memory=False):
+    """Validate a table and read its layout; raises RILTableError naming what is wrong.
+
+    The stored paths and labels are re-hashed against `image_list_sha256` (a changed path byte
+    would pair one image's soft labels with another image's pixels), and flags must be 0 or 1.
+    """
+    attrs = validate_structure(handle, path)
+    try:
+        image_paths = handle[PATH_DATASET].asstr()[()].tolist()
+    except UnicodeDecodeError as error:
+        raise damaged(path, f"dataset {PATH_DATASET} holds bytes that are not UTF-8 ({error})") from error
+    labels = handle["images/label"][()].astype(np.int64)
+    if image_list_sha256(image_paths, labels) != attrs["image_list_sha256"]:
+        raise damaged(path, f"the stored image paths and labels ({PATH_DATASET}, images/label) do not match "
+                            "image_list_sha256, so soft labels could be paired with the wrong images")
+    names = [PATH_DATASET, *schema(1, 1, 1)]
+    features_attrs = _features_attrs(handle, path, (attrs["num_images"], attrs["num_regions"]))
+    if features_attrs is not None:
+        names += FEATURE_DATASETS
+    flags = {name: handle[name][()] for name in (DONE_DATASET, FEATURES_DONE) if name in names}
+    for name, values in flags.items():
+        if not np.isin(values, (0, 1)).all():
+            raise damaged(path, f"dataset {name} holds values other than 0 and 1")
+    locations = {name: dataset_location(handle[name], path) for name in names}
+    memory = {name: handle[name][()] for name in names if in_memory and locations[name][0] is None}
+    return TableLayout(attrs, image_paths, labels, flags[DONE_DATASET].astype(bool),
+                       handle[CHECKSUM_DATASET][()], features_attrs, locations, memory)
 
 
 def shard_path(out, rank, world_size):

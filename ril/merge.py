@@ -1,52 +1,36 @@
 """Merge tables of the same request (torchrun shards, or partial runs) into one table.
 
-Each image is taken from the first source that has it done. The result is written under a
-temporary name and renamed, so `out` is either the old file or the whole merged table.
+Each image is taken from the first source that has it done; its rows are checked against the
+source's checksum on the way and written with a fresh one. The result is written under a
+temporary name (removed on failure) and renamed, so `out` is either the old file or the whole
+merged table; it is marked complete only after its read-back check (see `writer`).
 """
 import logging
 import os
 
 import numpy as np
 
-from .format import (
-    FINGERPRINT_FIELDS, PATH_DATASET, REGION_DATASETS, SETTING_FIELDS, compare_settings, create_table,
-    open_table_file, set_complete, validate_structure,
-)
+from .format import FINGERPRINT_FIELDS, SETTING_FIELDS, compare_settings
+from .reader import RILTable
+from .writer import TableWriter, check_output_path, complete_table, create_table, replace_durably
 
 logger = logging.getLogger(__name__)
-ROW_DATASETS = ("images/size",) + tuple(REGION_DATASETS)
-BLOCK_BYTES = 64 << 20  # rows copied per step: about this many bytes of the widest dataset
 
 
 def _read_sources(sources):
-    handles, attrs = [], []
-    for path in sources:
-        handle = open_table_file(path)
-        handles.append(handle)
-        attrs.append(validate_structure(handle, path))
+    tables = [RILTable(path, require_complete=False) for path in sources]
     fields = [name for name, _ in FINGERPRINT_FIELDS] + list(SETTING_FIELDS)
-    for path, found in zip(sources[1:], attrs[1:]):
-        compare_settings(attrs[0], found, sources[0], path, fields)
-    return handles, attrs[0]
+    for table in tables[1:]:
+        compare_settings(tables[0].attrs, table.attrs, tables[0].path, table.path, fields)
+    return tables
 
 
-def _copy_rows(sources, handle):
-    """Copy every done image of every source into `handle`; returns the merged done flags."""
-    num_images = handle["progress/done"].shape[0]
-    widest = max(handle[name].dtype.itemsize * int(np.prod(handle[name].shape[1:])) for name in ROW_DATASETS)
-    step = max(1, BLOCK_BYTES // widest)
-    merged = np.zeros(num_images, dtype=bool)
-    for start in range(0, num_images, step):
-        stop = min(start + step, num_images)
-        for source in sources:
-            take = source["progress/done"][start:stop].astype(bool) & ~merged[start:stop]
-            if not take.any():
-                continue
-            for name in ROW_DATASETS:
-                block = handle[name][start:stop]
-                block[take] = source[name][start:stop][take]
-                handle[name][start:stop] = block
-            merged[start:stop] |= take
+def _copy_rows(tables, writer):
+    """Copy every done image from the first source that has it; returns the merged done flags."""
+    merged = np.any([table.done for table in tables], axis=0)
+    for index in np.flatnonzero(merged):
+        rows, size = next(table for table in tables if table.done[index]).image_rows(index)
+        writer.write_image(int(index), size, rows)
     return merged
 
 
@@ -56,26 +40,21 @@ def merge_tables(sources, out, overwrite=False):
         raise ValueError("merge needs at least one source table")
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it with the merged table")
-    handles, attrs = _read_sources(list(sources))
+    check_output_path(out)
+    tables = _read_sources(list(sources))
+    first = tables[0]
     temporary = f"{out}.merging-{os.getpid()}"
     try:
-        image_paths = handles[0][PATH_DATASET].asstr()[()].tolist()
-        labels = handles[0]["images/label"][()]
-        create_table(temporary, dict(attrs, complete=False, shard_rank=0, shard_count=1), image_paths, labels)
-        with open_table_file(temporary, "r+") as handle:
-            merged = _copy_rows(handles, handle)
-            handle.flush()
-            handle["progress/done"][...] = merged.astype(np.uint8)
-            if merged.all():
-                set_complete(handle)
-    except BaseException:
+        attrs = dict(first.attrs, complete=False, shard_rank=0, shard_count=1)
+        create_table(temporary, attrs, first.image_paths, first.labels)
+        with TableWriter(temporary, sync_each_image=False) as writer:
+            merged = _copy_rows(tables, writer)
+        if merged.all():
+            complete_table(temporary)
+        replace_durably(temporary, out)
+    finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-        raise
-    finally:
-        for handle in handles:
-            handle.close()
-    os.replace(temporary, out)
     if not merged.all():
         logger.warning(
             "%s is unfinished: %d of %d images done; resume it with python -m ril precompute ... --out %s",

@@ -1,8 +1,8 @@
 """Build an RIL table: decode each image once, cut its M regions, score them all with the teacher.
 
-Resumable (images marked in `progress/done` are skipped; each image is flushed before it is
-marked), and shardable: under torchrun, rank r takes images r, r+W, ... into its own shard file
-and rank 0 merges the shards after a barrier. The teacher never sees two images in one forward
+Resumable (images marked in `progress/done` are skipped; each image's rows reach the disk before
+it is marked, see `writer`), and shardable: under torchrun, rank r takes images r, r+W, ... into
+its own shard file and rank 0 merges the shards after a barrier. The teacher never sees two images in one forward
 and an image's regions always go through it in the same chunks of `batch_size`, so the table is
 bitwise identical however it was split or interrupted (on the same hardware and software, with
 the same --batch-size: a forward of another size may round differently).
@@ -17,13 +17,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .crops import cut_regions, load_rgb, normalize_pixels, sample_regions
+from .crops import INTERPOLATIONS, cut_regions, load_rgb, normalize_pixels, sample_regions
 from .format import (
-    FINGERPRINT_FIELDS, SETTING_FIELDS, RILTableError, as_stored, compare_settings, create_table, make_attrs,
-    open_table_file, set_complete, shard_path, validate_structure, write_image,
+    FINGERPRINT_FIELDS, SETTING_FIELDS, RILTableError, as_stored, compare_settings, make_attrs, shard_path,
 )
 from .merge import merge_tables
+from .probe import load_layout
 from .templates import resolve_templates
+from .writer import TableWriter, check_output_path, complete_table, create_table
 
 logger = logging.getLogger(__name__)
 MAX_CLASSES = np.iinfo(np.uint16).max + 1  # topk_index is uint16
@@ -47,6 +48,26 @@ class RegionSpec:
     crop_seed: int = 0
     templates: tuple = ()
 
+    def __post_init__(self):
+        """Refuse values the sampler or the table cannot take, before anything is built."""
+        low, high = self.scale
+        ratio_low, ratio_high = self.ratio
+        checks = (
+            (self.num_regions >= 1, f"--regions {self.num_regions}: M, the regions per image, must be at least 1"),
+            (self.topk >= 1, f"--topk {self.topk}: K, the teacher classes kept per region, must be at least 1"),
+            (self.crop_seed >= 0, f"--crop-seed {self.crop_seed} must be >= 0"),
+            (0 < low <= high <= 1, f"--scale {low} {high}: the crop area range MIN MAX needs 0 < MIN <= MAX <= 1"),
+            (0 < ratio_low <= ratio_high, f"crop ratio {self.ratio}: needs 0 < MIN <= MAX"),
+            (0 <= self.flip_prob <= 1, f"flip probability {self.flip_prob} must be within [0, 1]"),
+            (len(self.output_size) == 2 and min(self.output_size) >= 1,
+             f"output size {self.output_size} (INPUT.SIZE) must be two positive integers"),
+            (self.interpolation in INTERPOLATIONS,
+             f"interpolation {self.interpolation!r} (INPUT.INTERPOLATION) must be one of {sorted(INTERPOLATIONS)}"),
+        )
+        for valid, message in checks:
+            if not valid:  # NaN fails every comparison above, so it lands here too
+                raise ValueError(message)
+
 
 class SampledRegions:
     """Region source for precompute: boxes and flips drawn from (crop seed, image index)."""
@@ -62,7 +83,11 @@ class SampledRegions:
 
 
 class ImageRegions(Dataset):
-    """Item j: (image index, (H, W), boxes (M, 4), flips (M,), uint8 pixels (M, 3, h, w)); one decode."""
+    """Item j: (image index, (H, W), boxes (M, 4), flips (M,), uint8 pixels (M, 3, h, w)); one decode.
+
+    An image that cannot be read gives (index, OSError) instead: raised by `regions_of` in the
+    main process, its message stays one line (a DataLoader worker would wrap it in a traceback).
+    """
 
     def __init__(self, image_root, image_paths, indices, output_size, interpolation, region_source):
         self.image_root = image_root
@@ -77,10 +102,21 @@ class ImageRegions(Dataset):
 
     def __getitem__(self, position):
         index = self.indices[position]
-        image = load_rgb(os.path.join(self.image_root, self.image_paths[index]))
+        try:
+            image = load_rgb(os.path.join(self.image_root, self.image_paths[index]))
+        except OSError as error:
+            return index, error
         boxes, flips = self.region_source(index, image.width, image.height)
         pixels = cut_regions(image, boxes, flips, self.output_size, self.interpolation)
         return index, np.array([image.height, image.width], dtype=np.int32), boxes, flips, pixels
+
+
+def regions_of(batches):
+    """The items of an ImageRegions loader, raising the error of an image that could not be read."""
+    for item in batches:
+        if isinstance(item[1], OSError):
+            raise item[1]
+        yield item
 
 
 def region_statistics(logits, topk):
@@ -119,8 +155,6 @@ def table_settings(teacher, spec):
 def effective_spec(spec, fingerprint):
     """`spec` as the table records it: K = min(topk, C), templates resolved for the run's dataset."""
     num_classes = len(fingerprint["classnames"])
-    if spec.topk < 1:
-        raise ValueError(f"--topk {spec.topk}: K, the teacher classes kept per region, must be at least 1")
     topk = min(spec.topk, num_classes)
     logger.info("Top-K: --topk %d requested, the run has %d classes, so the table keeps K = %d classes per region",
                 spec.topk, num_classes, topk)
@@ -138,16 +172,18 @@ def _check_request(teacher, spec, num_classes):
         )
     if num_classes > MAX_CLASSES:
         raise ValueError(f"{num_classes} classes do not fit the uint16 topk_index (at most {MAX_CLASSES})")
-    if spec.num_regions < 1 or spec.crop_seed < 0:
-        raise ValueError(f"--regions must be >= 1 and --crop-seed >= 0; got {spec.num_regions}, {spec.crop_seed}")
+
+
+def check_run_options(batch_size, workers):
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"--batch-size {batch_size} must be >= 1 and --workers {workers} >= 0")
 
 
 def _refuse_existing_output(out, overwrite, world_size):
     """Stop before any work if `out` holds a finished table (or, for torchrun, an unfinished one)."""
     if overwrite or not os.path.exists(out):
         return
-    with open_table_file(out) as handle:
-        attrs = validate_structure(handle, out)
+    attrs = load_layout(out).attrs
     if attrs["complete"]:
         raise FileExistsError(f"RIL table {out} is already complete; pass --overwrite to rebuild it")
     if world_size > 1:
@@ -158,31 +194,29 @@ def _refuse_existing_output(out, overwrite, world_size):
 
 
 def _prepare_target(target, attrs, image_paths, labels, overwrite):
-    """Create, rebuild (--overwrite) or check for resuming the file to write; returns its done flags."""
+    """Create, rebuild (--overwrite) or check for resuming the file to write; returns its layout."""
     if overwrite and os.path.exists(target):
         os.remove(target)
     if not os.path.exists(target):
         create_table(target, attrs, image_paths, labels)
-    with open_table_file(target) as handle:
-        found = validate_structure(handle, target)
-        done = handle["progress/done"][()].astype(bool)
+    layout = load_layout(target)
     fields = [name for name, _ in FINGERPRINT_FIELDS] + list(SETTING_FIELDS) + ["shard_rank", "shard_count"]
     try:
-        compare_settings(found, as_stored(attrs), f"unfinished table {target}", "this request", fields)
+        compare_settings(layout.attrs, as_stored(attrs), f"unfinished table {target}", "this request", fields)
     except RILTableError as error:
         raise RILTableError(f"{error}; pass --overwrite to start over, or choose another --out") from error
-    return done
+    return layout
 
 
-def _fill(handle, batches, total, teacher, class_features, spec, batch_size, show_progress):
+def _fill(writer, batches, total, teacher, class_features, spec, batch_size, show_progress):
     """Score every image of `batches` and store it; the workers behind `batches` were started
-    before `handle` was opened, so no HDF5 handle crosses a fork."""
+    before `writer` opened the file, so no file handle crosses a fork."""
     start = time.perf_counter()
     with tqdm(total=total, unit="img", disable=not show_progress, desc="RIL precompute") as bar:
-        for done, (index, size, boxes, flips, pixels) in enumerate(batches, start=1):
+        for done, (index, size, boxes, flips, pixels) in enumerate(regions_of(batches), start=1):
             rows = region_statistics(teacher_logits(teacher, pixels, class_features, batch_size), spec.topk)
             rows["regions/box"], rows["regions/flip"] = np.asarray(boxes), np.asarray(flips)
-            write_image(handle, int(index), np.asarray(size), rows)
+            writer.write_image(int(index), np.asarray(size), rows)
             bar.update()
             bar.set_postfix(crops_per_s=f"{done * spec.num_regions / (time.perf_counter() - start):.0f}")
 
@@ -194,25 +228,27 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     `image_paths` are relative to `image_root`, in the order of `fingerprint` (see
     `format.run_fingerprint`). With world_size > 1 (an initialised torch.distributed group),
     this rank fills its shard and rank 0 merges all shards into `out`. The table records
-    `effective_spec(spec, fingerprint)`.
+    `effective_spec(spec, fingerprint)`; it is marked complete only after every row read back.
     """
     classnames = fingerprint["classnames"]
+    check_run_options(batch_size, workers)
     spec = effective_spec(spec, fingerprint)
     _check_request(teacher, spec, len(classnames))
+    check_output_path(out)
     _refuse_existing_output(out, overwrite, world_size)
     attrs = make_attrs(fingerprint, table_settings(teacher, spec), rank, world_size)
     target = out if world_size == 1 else shard_path(out, rank, world_size)
     class_features = teacher.class_features(classnames, spec.templates)
-    done = _prepare_target(target, attrs, image_paths, labels, overwrite)
+    layout = _prepare_target(target, attrs, image_paths, labels, overwrite)
     mine = np.arange(rank, len(image_paths), world_size)
-    pending = mine[~done[mine]]
+    pending = mine[~layout.done[mine]]
     if len(pending) < len(mine):
         logger.info("Resuming %s: %d of %d images already done", target, len(mine) - len(pending), len(mine))
     dataset = ImageRegions(image_root, image_paths, pending, spec.output_size, spec.interpolation, SampledRegions(spec))
     batches = iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers))
-    with open_table_file(target, "r+") as handle:
-        _fill(handle, batches, len(dataset), teacher, class_features, spec, batch_size, show_progress=rank == 0)
-        set_complete(handle)
+    with TableWriter(target, layout) as writer:
+        _fill(writer, batches, len(dataset), teacher, class_features, spec, batch_size, show_progress=rank == 0)
+    complete_table(target, mine)
     if world_size == 1:
         logger.info("RIL table complete: %s", out)
         return out

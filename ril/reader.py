@@ -1,9 +1,11 @@
 """Read an RIL table: random access to (image, region) rows, dense soft labels, information weights.
 
-On disk, each dataset is read through a `numpy.memmap` at its file offset (the format keeps
-datasets contiguous), opened lazily in each process: a table object can be handed to DataLoader
-workers (fork or spawn) and no file handle is ever shared across a fork. `in_memory=True`
-loads every array once instead (any layout).
+The table is opened through `probe.load_layout` (its HDF5 structure read first in a child
+process). Rows are then read through a `numpy.memmap` of each dataset at its file offset (the
+format keeps datasets contiguous), opened lazily in each process: a table object can be handed
+to DataLoader workers (fork or spawn) and no file handle is ever shared across a fork.
+`in_memory=True` loads every array once instead (any layout). `read_image` checks an image's
+rows against its checksum before serving them; `read` serves any (image, region) pairs unchecked.
 """
 import os
 
@@ -11,27 +13,16 @@ import numpy as np
 import torch
 
 from .format import (
-    FEATURES_DATASET, FEATURES_DONE, PATH_DATASET, REGION_DATASETS, RILTableError, check_fingerprint,
-    open_table_file, validate_structure,
+    CHECKSUM_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, REGION_DATASETS, RILTableError, damaged,
+    check_fingerprint,
 )
+from .integrity import features_checksum, image_checksum, value_problems
+from .probe import load_layout
 
 DENSIFY_MODES = ("smooth", "renorm")
 PROB_FLOOR = 1e-8  # smooth: smallest probability given to a class outside the top-K
 FIELDS = {name.split("/")[1]: name for name in REGION_DATASETS}  # short name -> dataset
-
-
-def _location(dataset, path):
-    offset = dataset.id.get_offset()
-    if offset is None:
-        raise RILTableError(
-            f"RIL table {path}: dataset {dataset.name} is not stored contiguously (repacked or written by "
-            "another tool), so it cannot be mapped; load the table in memory (TRAINER.FDBPL.IN_MEMORY True) "
-            "or rebuild it with python -m ril precompute"
-        )
-    end = offset + dataset.dtype.itemsize * int(np.prod(dataset.shape))
-    if end > os.path.getsize(path):
-        raise RILTableError(f"RIL table {path} is truncated: dataset {dataset.name} ends past the end of the file")
-    return offset, dataset.shape, dataset.dtype
+MAPPED = (*REGION_DATASETS, "images/size")
 
 
 class RILTable:
@@ -44,23 +35,27 @@ class RILTable:
 
     def __init__(self, path, in_memory=False, require_complete=True):
         self.path = os.fspath(path)
-        with open_table_file(self.path) as handle:
-            self.attrs = validate_structure(handle, self.path)
-            self.image_paths = handle[PATH_DATASET].asstr()[()].tolist()
-            self.labels = handle["images/label"][()].astype(np.int64)
-            self.done = handle["progress/done"][()].astype(bool)
-            if require_complete:
-                self.check_complete()
-            names = list(REGION_DATASETS) + ["images/size"]
-            self.features_attrs = None
-            if FEATURES_DATASET in handle:
-                self.features_attrs = dict(handle[FEATURES_DATASET].attrs)
-                names += [FEATURES_DATASET, FEATURES_DONE]
-            if in_memory:
-                self._memory = {name: handle[name][()] for name in names}
-            else:
-                self._memory = None
-                self._locations = {name: _location(handle[name], self.path) for name in names}
+        layout = load_layout(self.path, in_memory)
+        self.attrs, self.image_paths, self.labels = layout.attrs, layout.image_paths, layout.labels
+        self.done, self.checksums, self.features_attrs = layout.done, layout.checksums, layout.features_attrs
+        if require_complete:
+            self.check_complete()
+        names = list(MAPPED)
+        if self.features_attrs is not None:
+            names += [FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM]
+        self._locations = {name: layout.locations[name] for name in names}
+        self._memory = None
+        if in_memory:
+            self._memory = {name: layout.memory[name] if name in layout.memory else np.array(self._map(name))
+                            for name in names}
+        else:
+            scattered = [name for name, (offset, _, _) in self._locations.items() if offset is None]
+            if scattered:
+                raise RILTableError(
+                    f"RIL table {self.path}: dataset {scattered[0]} is not stored contiguously (repacked or written "
+                    "by another tool), so it cannot be mapped; load the table in memory (TRAINER.FDBPL.IN_MEMORY "
+                    "True) or rebuild it with python -m ril precompute"
+                )
         self._maps, self._pid = None, None
 
     def check_complete(self):
@@ -76,14 +71,15 @@ class RILTable:
         state["_maps"], state["_pid"] = None, None
         return state
 
+    def _map(self, name):
+        offset, shape, dtype = self._locations[name]
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
     def _arrays(self):
         if self._memory is not None:
             return self._memory
         if self._pid != os.getpid():
-            self._maps = {
-                name: np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
-                for name, (offset, shape, dtype) in self._locations.items()
-            }
+            self._maps = {name: self._map(name) for name in self._locations}
             self._pid = os.getpid()
         return self._maps
 
@@ -112,11 +108,49 @@ class RILTable:
         return self._arrays()[name]
 
     def read(self, images, regions):
-        """Rows of (image, region) pairs as arrays: box (B, 4), flip, topk_index (B, K), topk_logit,
-        logsumexp, entropy (B,)."""
+        """Rows of (image, region) pairs as arrays, unchecked: box (B, 4), flip, topk_index (B, K),
+        topk_logit, logsumexp, entropy (B,)."""
         arrays = self._arrays()
         images, regions = np.asarray(images, dtype=np.int64), np.asarray(regions, dtype=np.int64)
         return {short: np.asarray(arrays[name][images, regions]) for short, name in FIELDS.items()}
+
+    def _image_rows(self, index):
+        """(rows, size, problem): all rows of image `index` (REGION_DATASETS name -> (M, ...)), its size,
+        and what is wrong with their checksum (None when they match)."""
+        arrays = self._arrays()
+        rows = {name: np.asarray(arrays[name][index]) for name in REGION_DATASETS}
+        size = np.asarray(arrays["images/size"][index])
+        found, stored = image_checksum(index, self.labels[index], size, rows), int(self.checksums[index])
+        problem = None if found == stored else (
+            f"the rows of image {index} ({self.image_paths[index]}) do not match their checksum "
+            f"({CHECKSUM_DATASET} {stored:#010x}, the rows give {found:#010x})"
+        )
+        return rows, size, problem
+
+    def image_rows(self, index):
+        """All rows of image `index` and its size, checked: raises RILTableError naming the table and
+        the image when they do not match the image's checksum."""
+        rows, size, problem = self._image_rows(index)
+        if problem:
+            raise damaged(self.path, problem)
+        return rows, size
+
+    def read_image(self, index, regions):
+        """Checked rows of image `index` at `regions`, keyed like `read`."""
+        rows, _ = self.image_rows(index)
+        regions = np.asarray(regions, dtype=np.int64)
+        return {short: rows[name][regions] for short, name in FIELDS.items()}
+
+    def image_problems(self, index, features=False):
+        """What is wrong with image `index`'s rows (checksum, then values) or its student features."""
+        if features:
+            problem = self._image_features(index)[1]
+            return [problem] if problem else []
+        rows, size, problem = self._image_rows(index)
+        if problem:
+            return [problem]
+        problems = value_problems({name: value[None] for name, value in rows.items()}, size[None], self.num_classes)
+        return [f"image {index} ({self.image_paths[index]}): {problem}" for problem in problems]
 
     def has_features(self):
         return self.features_attrs is not None and bool(self._arrays()[FEATURES_DONE].all())
@@ -128,10 +162,22 @@ class RILTable:
                 f"python -m ril add-features --table {self.path} --model <student>"
             )
 
-    def read_features(self, images, regions):
-        """Stored student image features (B, D) float16 of (image, region) pairs."""
+    def _image_features(self, index):
+        """(features (M, D) float16 of image `index`, what is wrong with their checksum or None)."""
+        arrays = self._arrays()
+        features = np.asarray(arrays[FEATURES_DATASET][index])
+        if features_checksum(index, features) == int(arrays[FEATURES_CHECKSUM][index]):
+            return features, None
+        return features, (f"the student features of image {index} ({self.image_paths[index]}) do not match their "
+                          f"checksum ({FEATURES_CHECKSUM})")
+
+    def read_features(self, index, regions):
+        """Checked student features (R, D) float16 of image `index` at `regions`."""
         self.require_features()
-        return np.asarray(self._arrays()[FEATURES_DATASET][np.asarray(images), np.asarray(regions)])
+        features, problem = self._image_features(index)
+        if problem:
+            raise damaged(self.path, problem)
+        return features[np.asarray(regions, dtype=np.int64)]
 
     def check_fingerprint(self, expected):
         """Refuse a table built for another run (see `format.run_fingerprint`)."""

@@ -3,7 +3,8 @@
 Regions are re-cut from the stored boxes with the same `crops.crop_region` the teacher saw, so
 student and teacher see the same pixels. The regions of image i in an epoch come from a
 generator seeded by (seed, epoch, i): deterministic and independent of DataLoader workers.
-Call `set_epoch` before each epoch (workers must not be persistent, so they see it).
+Call `set_epoch` before each epoch (workers must not be persistent, so they see it). Every item
+checks its image's rows (and stored features) against their checksums (`RILTable.read_image`).
 """
 import os
 
@@ -84,7 +85,7 @@ class RegionDataset(Dataset):
         """img (R, 3, H, W) or feature (R, D); soft_label (R, C); weight, entropy (R,); label, index, region (R,)."""
         regions = self.region_indices(index)
         images = np.full(self.repeat, index, dtype=np.int64)
-        rows = self.table.read(images, regions)
+        rows = self.table.read_image(index, regions)
         item = {
             "soft_label": densify(rows["topk_index"], rows["topk_logit"], rows["logsumexp"],
                                   self.table.num_classes, self.densify_mode),
@@ -95,7 +96,7 @@ class RegionDataset(Dataset):
             "region": torch.from_numpy(regions.astype(np.int64)),
         }
         if self.features:
-            item["feature"] = torch.from_numpy(self.table.read_features(images, regions).astype(np.float32))
+            item["feature"] = torch.from_numpy(self.table.read_features(index, regions).astype(np.float32))
         else:
             image = load_rgb(os.path.join(self.image_root, self.table.image_paths[index]))
             pixels = cut_regions(image, rows["box"], rows["flip"], self.output_size, self.table.attrs["interpolation"])

@@ -1,15 +1,18 @@
 """What `python -m ril inspect` and `verify` report: counts, sizes, teacher quality, sanity checks."""
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
-from .format import FEATURES_DATASET, FINGERPRINT_FIELDS, REGION_DATASETS, RILTableError
+from .format import FEATURES_DATASET, FEATURES_DONE, FINGERPRINT_FIELDS, REGION_DATASETS, RILTableError
 from .reader import RILTable
 
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 40
 BLOCK_IMAGES = 256  # images per step when scanning a whole table
+VERIFY_SAMPLE = 64  # images whose rows a default verify checks (--deep: all)
+MAX_LISTED = 20  # row problems listed one by one
 
 
 def bytes_per_region(table):
@@ -85,42 +88,51 @@ def describe(table):
     return lines + _histogram_lines(histogram, math.log(table.num_classes))
 
 
-def _block_problems(table, start, stop, done):
-    rows = {name.split("/")[1]: np.asarray(table.array(name)[start:stop])[done] for name in REGION_DATASETS}
-    logit, logsumexp, entropy, box = (
-        rows["topk_logit"].astype(np.float32), rows["logsumexp"], rows["entropy"], rows["box"]
-    )
-    fp16_slack = 1e-2 * np.maximum(1.0, np.abs(logsumexp))  # stored logits are rounded to fp16
-    checks = {
-        "topk_index >= number of classes": (rows["topk_index"] >= table.num_classes).any(),
-        "non-finite top-K logits": not np.isfinite(logit).all(),
-        "top-K logits not in descending order": (np.diff(logit, axis=-1) > 0).any(),
-        "logsumexp below the top logit": (logit[..., 0] > logsumexp + fp16_slack).any(),
-        "entropy outside [0, log C]": ((entropy < -1e-4) | (entropy > math.log(table.num_classes) + 1e-4)).any(),
-        "boxes outside the image": (box < 0).any() or (box[..., 2:] <= 0).any()
-        or (box[..., :2] + box[..., 2:] > 1 + 1e-6).any(),
-        "flip not 0 or 1": (rows["flip"] > 1).any(),
-        "non-positive image sizes": (np.asarray(table.array("images/size")[start:stop])[done] <= 0).any(),
-    }
-    return [f"images {start}..{stop - 1}: {problem}" for problem, failed in checks.items() if failed]
+def images_to_check(table, deep):
+    """Done images whose rows `verify` checks: all with `deep`, else VERIFY_SAMPLE spread evenly
+    from the first to the last."""
+    done = np.flatnonzero(table.done)
+    if deep or len(done) <= VERIFY_SAMPLE:
+        return done
+    return done[np.linspace(0, len(done) - 1, VERIFY_SAMPLE).round().astype(np.int64)]
 
 
-def verify(path, expected_fingerprint=None):
-    """Problems found in a table (empty list = it is sound, complete and, if given, matches the run)."""
-    try:
-        table = RILTable(path, require_complete=False)
-    except (RILTableError, OSError) as error:
-        return [str(error)]
+def _listed(problems):
+    if len(problems) <= MAX_LISTED:
+        return problems
+    return problems[:MAX_LISTED] + [f"... and {len(problems) - MAX_LISTED} more problems like these"]
+
+
+@dataclass
+class Verification:
+    """What `verify` found: `problems` (empty = sound) and how many images' rows it checked."""
+
+    problems: list
+    images_checked: int
+    num_images: int
+
+
+def verify(path, expected_fingerprint=None, deep=False):
+    """Check a table: structure (read in a child process), attributes, stored paths, completeness,
+    the fingerprint (if given), and the checksums and values of a sample of images' rows (of every
+    image with `deep`). Raises RILTableError / FileNotFoundError when the file cannot be opened as a
+    table at all."""
+    table = RILTable(path, require_complete=False)
     problems = []
-    try:
-        table.check_complete()
-    except RILTableError as error:
-        problems.append(str(error))
+    checks = [table.check_complete]
     if expected_fingerprint is not None:
+        checks.append(lambda: table.check_fingerprint(expected_fingerprint))
+    for check in checks:
         try:
-            table.check_fingerprint(expected_fingerprint)
+            check()
         except RILTableError as error:
             problems.append(str(error))
-    for start, stop, done in _blocks(table):
-        problems += _block_problems(table, start, stop, done)
-    return problems
+    if not ((table.labels >= 0) & (table.labels < table.num_classes)).all():
+        problems.append("images/label holds labels outside [0, number of classes)")
+    checked = images_to_check(table, deep)
+    row_problems = [problem for index in checked for problem in table.image_problems(int(index))]
+    if table.features_attrs is not None:
+        feature_done = table.array(FEATURES_DONE).astype(bool)
+        row_problems += [problem for index in checked if feature_done[index]
+                         for problem in table.image_problems(int(index), features=True)]
+    return Verification(problems + _listed(row_problems), len(checked), table.num_images)

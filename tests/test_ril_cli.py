@@ -97,7 +97,10 @@ def test_inspect_and_verify(reference, capsys):
     assert f"bytes per region: {16 + 1 + 2 * TOPK + 2 * TOPK + 4 + 4}" in report
     assert "teacher top-1 agrees with the ground-truth label on" in report and "entropy histogram" in report
     assert ril_main(["verify", "--table", table, *dataset_flags(root), *OPTS]) == 0
-    assert "OK (structure, completeness, data ranges and fingerprint)" in capsys.readouterr().out
+    checked = f"OK (structure, stored paths, completeness, rows of {NUM_IMAGES} of {NUM_IMAGES} images"
+    assert f"{checked} and fingerprint)" in capsys.readouterr().out
+    assert ril_main(["verify", "--table", table, "--deep"]) == 0
+    assert f"{checked})" in capsys.readouterr().out
     assert ril_main(["verify", "--table", table, *dataset_flags(root), *OPTS, "DATASET.SUBSAMPLE_CLASSES", "base"]) == 1
     message = capsys.readouterr().out
     assert "was built for subsample=all but this run uses DATASET.SUBSAMPLE_CLASSES=base" in message
@@ -117,7 +120,7 @@ def test_an_existing_table_is_refused_with_a_message(reference, tiny_teacher, ca
     ("merge", ["--out", "--overwrite"]),
     ("add-features", ["--table", "--model", "--root"]),
     ("inspect", ["--table"]),
-    ("verify", ["--table", "--dataset-config-file"]),
+    ("verify", ["--table", "--deep", "--dataset-config-file"]),
 ])
 def test_help_explains_every_flag(command, flags, capsys):
     with pytest.raises(SystemExit) as exit_code:

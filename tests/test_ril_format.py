@@ -11,12 +11,14 @@ import pytest
 from PIL import Image
 
 from ril.format import (
-    RILTableError, create_table, expected_fingerprint, make_attrs, open_table_file, read_attrs,
+    REGION_DATASETS, RILTableError, attributes_sha256, expected_fingerprint, make_attrs, open_table_file, read_attrs,
     validate_structure,
 )
+from ril.integrity import image_checksum
 from ril.precompute import RegionSpec, precompute
 from ril.reader import RILTable
 from ril.teachers import load_teacher
+from ril.writer import create_table
 
 CLASSNAMES = ["red circle", "green square", "blue_triangle", "yellow ring"]
 
@@ -54,6 +56,23 @@ def build_table(directory, teacher_path, count=6, regions=5, topk=2, **spec_chan
     return out, root, paths, labels, teacher
 
 
+def restamp(path):
+    """Re-sign a table's root attributes after a test changed them on purpose (a table built otherwise)."""
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["attributes_sha256"] = attributes_sha256(read_attrs(handle.attrs))
+
+
+def rewrite_rows(path, index, changes):
+    """Overwrite datasets of image `index` (name -> value) with a matching checksum: what a faulty
+    writer could have stored, as opposed to bytes changed later."""
+    with h5py.File(path, "r+") as handle:
+        for name, value in changes.items():
+            handle[name][index] = value
+        rows = {name: handle[name][index] for name in REGION_DATASETS}
+        handle["images/checksum"][index] = image_checksum(
+            index, handle["images/label"][index], handle["images/size"][index], rows)
+
+
 def settings(num_regions=3, topk=2):
     return {"teacher": "file:t.pt", "teacher_sha256": "ab", "templates": ["a photo of a {}."], "logit_scale": 100.0,
             "num_regions": num_regions, "topk": topk, "output_size": [32, 32], "crop_scale": [0.08, 1.0],
@@ -69,8 +88,8 @@ def empty_table(tmp_path):
 
 
 def test_schema_matches_design(empty_table):
-    expected = {  # DESIGN.md §4, N=2 images, M=3 regions, K=2
-        "images/label": ((2,), "int32"), "images/size": ((2, 2), "int32"),
+    expected = {  # DESIGN.md §4, N=2 images, M=3 regions, K=2; images/checksum: this project's integrity check
+        "images/label": ((2,), "int32"), "images/size": ((2, 2), "int32"), "images/checksum": ((2,), "uint32"),
         "regions/box": ((2, 3, 4), "float32"), "regions/flip": ((2, 3), "uint8"),
         "regions/topk_index": ((2, 3, 2), "uint16"), "regions/topk_logit": ((2, 3, 2), "float16"),
         "regions/logsumexp": ((2, 3), "float32"), "regions/entropy": ((2, 3), "float32"),
@@ -80,10 +99,13 @@ def test_schema_matches_design(empty_table):
         for name, (shape, dtype) in expected.items():
             assert handle[name].shape == shape and handle[name].dtype == np.dtype(dtype), name
             assert handle[name].chunks is None and handle[name].id.get_offset() is not None, name
-        assert handle["images/path"].asstr()[()].tolist() == ["a/0.png", "b/1.png"]
-        assert handle["progress/done"][()].tolist() == [0, 0]
-        attrs = read_attrs(handle)
+        paths = handle["images/path"]
+        assert paths.asstr()[()].tolist() == ["a/0.png", "b/1.png"] and paths.dtype == h5py.string_dtype("utf-8", 7)
+        assert paths.chunks is None and paths.id.get_offset() is not None  # stored in place, not in a heap
+        assert handle["progress/done"][()].tolist() == [0, 0] and handle["images/checksum"][()].tolist() == [0, 0]
+        attrs = read_attrs(handle.attrs)
     assert attrs["format"] == "fdbpl-ril" and attrs["version"] == 1 and attrs["complete"] is False
+    assert attrs["attributes_sha256"] == attributes_sha256(attrs)
     assert attrs["classnames"] == CLASSNAMES and len(attrs["classnames_sha256"]) == 64
     for key in ("dataset", "split", "num_shots", "seed", "subsample", "image_list_sha256", "teacher", "templates",
                 "logit_scale", "num_regions", "topk", "output_size", "crop_scale", "crop_ratio", "flip_prob",
@@ -157,3 +179,19 @@ def test_newer_format_version_is_refused(empty_table):
         handle.attrs["version"] = 99
     with open_table_file(empty_table) as handle, pytest.raises(RILTableError, match="format version 99"):
         validate_structure(handle, empty_table)
+
+
+def test_a_table_without_checksums_is_refused_with_the_command_to_rebuild_it(empty_table):
+    """Tables written before checksums existed cannot be checked, so they are not read at all."""
+    with h5py.File(empty_table, "r+") as handle:
+        del handle["images/checksum"]
+    with pytest.raises(RILTableError, match="before tables carried checksums.*python -m ril precompute --overwrite"):
+        RILTable(empty_table, require_complete=False)
+
+
+@pytest.mark.parametrize("name,value", [("crop_seed", 1), ("interpolation", "bilinear"), ("classnames_sha256", "0")])
+def test_a_changed_root_attribute_is_detected(empty_table, name, value):
+    with h5py.File(empty_table, "r+") as handle:
+        handle.attrs[name] = value
+    with pytest.raises(RILTableError, match="is damaged: its root attributes do not match their attributes_sha256"):
+        RILTable(empty_table, require_complete=False)

@@ -19,11 +19,11 @@ from ril.reader import RILTable
 from ril.region_dataset import RegionDataset
 from ril.summary import verify
 from ril.teachers import load_openai_clip, load_teacher, parse_teacher_spec
-from tests.test_ril_format import CLASSNAMES, build_table, toy_fingerprint, write_images
+from tests.test_ril_format import CLASSNAMES, build_table, restamp, toy_fingerprint, write_images
 from trainers.templates import CLIP_SELECTED_TEMPLATES
 
-RESULTS = ("images/size", "regions/box", "regions/flip", "regions/topk_index", "regions/topk_logit",
-           "regions/logsumexp", "regions/entropy", "progress/done")
+RESULTS = ("images/size", "images/checksum", "regions/box", "regions/flip", "regions/topk_index",
+           "regions/topk_logit", "regions/logsumexp", "regions/entropy", "progress/done")
 
 
 def datasets_of(path):
@@ -142,6 +142,7 @@ def test_merge_assembles_shards_into_the_same_table(built, tmp_path):
     assert RILTable(str(tmp_path / "half.h5"), require_complete=False).done.tolist() == [1, 0, 1, 0, 1, 0]
     with h5py.File(odd, "r+") as handle:
         handle.attrs["topk"] = 3
+    restamp(odd)
     with pytest.raises(RILTableError, match="topk"):
         merge_tables([even, odd], str(tmp_path / "bad.h5"))
     assert not os.path.exists(tmp_path / "bad.h5")
@@ -221,7 +222,7 @@ def test_topk_above_the_class_count_keeps_every_class_and_says_so(built, tmp_pat
     assert "--topk 20 requested, the run has 4 classes, so the table keeps K = 4 classes per region" in caplog.text
     table = RILTable(out)
     assert table.topk == table.attrs["topk"] == len(CLASSNAMES) == 4
-    assert verify(out, toy_fingerprint(paths, labels)) == []
+    assert verify(out, toy_fingerprint(paths, labels), deep=True).problems == []
     for mode in ("smooth", "renorm"):
         item = RegionDataset(table, root, 32, teacher.mean, teacher.std, repeat=5, densify_mode=mode)[2]
         assert item["soft_label"].shape == (5, 4) and (item["soft_label"] > 0).all()

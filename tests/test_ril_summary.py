@@ -5,10 +5,11 @@ import h5py
 import numpy as np
 import pytest
 
-from ril.format import create_table, make_attrs, set_complete, write_image
+from ril.format import make_attrs
 from ril.reader import RILTable
 from ril.summary import describe, teacher_statistics, verify
-from tests.test_ril_format import settings, toy_fingerprint
+from ril.writer import TableWriter, complete_table, create_table
+from tests.test_ril_format import rewrite_rows, settings, toy_fingerprint
 
 LOG_C = math.log(4)
 
@@ -20,9 +21,9 @@ def known_table(tmp_path):
     path = str(tmp_path / "known.h5")
     create_table(path, make_attrs(toy_fingerprint(paths, labels), settings(num_regions=2, topk=2)), paths, labels)
     entropies = [[0.0, LOG_C / 2], [LOG_C, LOG_C / 2]]
-    with h5py.File(path, "r+") as handle:
+    with TableWriter(path) as writer:
         for index, top1 in enumerate([[0, 2], [1, 1]]):
-            write_image(handle, index, [40, 50], {
+            writer.write_image(index, [40, 50], {
                 "regions/box": np.array([[0.0, 0.0, 1.0, 1.0], [0.25, 0.5, 0.5, 0.5]], np.float32),
                 "regions/flip": np.array([0, 1], np.uint8),
                 "regions/topk_index": np.array([[top1[0], 3], [top1[1], 3]], np.uint16),
@@ -30,7 +31,7 @@ def known_table(tmp_path):
                 "regions/logsumexp": np.array([2.5, 2.0], np.float32),
                 "regions/entropy": np.array(entropies[index], np.float32),
             })
-        set_complete(handle)
+    complete_table(path)
     return path
 
 
@@ -50,18 +51,52 @@ def test_describe_reports_counts_sizes_and_quality(known_table):
 
 
 def test_verify_accepts_a_sound_table_and_names_each_problem(known_table):
-    assert verify(known_table) == []
+    assert verify(known_table).problems == []
     assert "num_shots=4 but this run uses DATASET.NUM_SHOTS=8" in verify(
-        known_table, toy_fingerprint(["a.png", "b.png"], [0, 1], num_shots=8))[0]
+        known_table, toy_fingerprint(["a.png", "b.png"], [0, 1], num_shots=8)).problems[0]
+    rewrite_rows(known_table, 0, {"regions/box": np.array([[0, 0, 1, 1], [0.25, 0.75, 0.5, 0.5]], np.float32)})
+    rewrite_rows(known_table, 1, {"regions/topk_logit": np.array([[np.nan, 1], [1.5, -1]], np.float16)})
     with h5py.File(known_table, "r+") as handle:
-        handle["regions/topk_logit"][1, 0, 0] = np.nan
-        handle["regions/box"][0, 1, 1] = 0.75  # left 0.75 + width 0.5 > 1
         handle["progress/done"][1] = 0
-    problems = verify(known_table)
+    problems = verify(known_table).problems
     assert any("unfinished: 1 of 2 images done" in problem for problem in problems)
-    assert "images 0..1: boxes outside the image" in problems
+    assert "image 0 (a.png): boxes not finite and inside the image" in problems  # left 0.75 + width 0.5 > 1
     assert not any("non-finite" in problem for problem in problems)  # image 1 is not done: not checked
     with h5py.File(known_table, "r+") as handle:
         handle["progress/done"][1] = 1
-    assert "images 0..1: non-finite top-K logits" in verify(known_table)
-    assert verify(str(known_table) + ".absent")[0].startswith("RIL table")
+    assert "image 1 (b.png): non-finite top-K logits" in verify(known_table).problems
+
+
+@pytest.mark.parametrize("name,value,problem", [
+    ("regions/entropy", np.array([np.nan, 0.5], np.float32), "entropy not finite and within [0, log C]"),
+    ("regions/entropy", np.array([np.inf, 0.5], np.float32), "entropy not finite and within [0, log C]"),
+    ("regions/logsumexp", np.array([np.nan, 2.0], np.float32), "non-finite logsumexp"),
+    ("regions/topk_index", np.array([[4, 3], [1, 3]], np.uint16), "topk_index >= number of classes"),
+    ("regions/topk_index", np.array([[3, 3], [1, 3]], np.uint16), "topk_index repeats a class"),
+    ("regions/box", np.array([[np.nan, 0, 1, 1], [0, 0, 1, 1]], np.float32), "boxes not finite and inside the image"),
+    ("regions/flip", np.array([2, 0], np.uint8), "flip not 0 or 1"),
+    ("images/size", np.array([0, 50], np.int32), "non-positive image sizes"),
+])
+def test_verify_rejects_values_no_writer_may_store_even_with_a_matching_checksum(known_table, name, value, problem):
+    rewrite_rows(known_table, 1, {name: value})
+    problems = verify(known_table).problems
+    assert f"image 1 (b.png): {problem}" in problems
+    assert all(found.startswith("image 1 (b.png): ") for found in problems)
+
+
+def test_verify_samples_images_unless_deep(known_table, monkeypatch):
+    import ril.summary
+
+    monkeypatch.setattr(ril.summary, "VERIFY_SAMPLE", 1)
+    with h5py.File(known_table, "r+") as handle:
+        handle["regions/entropy"][1, 0] = 0.25  # a changed byte, the checksum unchanged
+    sampled = verify(known_table)
+    assert sampled.problems == [] and (sampled.images_checked, sampled.num_images) == (1, 2)
+    deep = verify(known_table, deep=True)
+    assert deep.images_checked == 2 and len(deep.problems) == 1
+    assert "image 1 (b.png) do not match their checksum" in deep.problems[0]
+
+
+def test_verify_raises_for_a_file_that_is_no_table(known_table):
+    with pytest.raises(FileNotFoundError, match="python -m ril precompute"):
+        verify(known_table + ".absent")

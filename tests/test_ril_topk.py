@@ -31,7 +31,7 @@ def test_the_table_keeps_every_class_and_the_log_says_so(wide_table, synthetic_r
     assert RILTable(path).topk == 5
     verified = run_script("-m", "ril", "verify", "--table", path, "--root", synthetic_root, "--seed", "1",
                           "--dataset-config-file", SYNTHETIC, *BASE_OPTS)
-    assert "OK (structure, completeness, data ranges and fingerprint)" in verified.stdout
+    assert "OK (structure, stored paths, completeness, rows of 20 of 20 images and fingerprint)" in verified.stdout
 
 
 @pytest.mark.parametrize("trainer, densify", [("FDBPL", "smooth"), ("FDBPL", "renorm"), ("CasPL_Boost", "smooth")])
