@@ -7,6 +7,10 @@
 
 Trailing KEY VALUE pairs override any config key (see trainers/config.py for the project's keys);
 they come after every flag.
+
+Training into an --output-dir that holds checkpoints resumes that run, when its run_config.yaml
+records the same settings; --fresh moves the old run aside instead. User errors (paths, names,
+settings) end with one message and exit status 2 (FDBPL_DEBUG=1 shows the traceback).
 """
 import argparse
 import os
@@ -19,6 +23,7 @@ import datasets
 import trainers
 from trainers.base import TrainingSetupError
 from trainers.config import check_registered, setup_cfg
+from trainers.dassl_compat import UnreadableImageError
 
 EXIT_SETUP_ERROR = 2
 FLAG_LIKE = re.compile(r"--[A-Za-z]")
@@ -28,7 +33,10 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=str, default="", help="dataset root: the folder holding oxford_pets/, imagenet/, ... (DATASET.ROOT)")
     parser.add_argument("--output-dir", type=str, default="", help="where log.txt, checkpoints and tensorboard files go (OUTPUT_DIR)")
-    parser.add_argument("--resume", type=str, default="", help="output folder of an interrupted run to resume from (RESUME)")
+    parser.add_argument("--resume", type=str, default="", help="output folder of an interrupted run to resume from (RESUME); "
+                        "its run_config.yaml must record this run's settings")
+    parser.add_argument("--fresh", action="store_true", help="train anew in --output-dir: a previous run's checkpoints, "
+                        "logs and records there are moved into a replaced-<time> subfolder first")
     parser.add_argument("--seed", type=int, default=-1, help="random seed; also selects the few-shot split file (SEED; negative = random)")
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG datasets (DATASET.SOURCE_DOMAINS)")
     parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG datasets (DATASET.TARGET_DOMAINS)")
@@ -65,15 +73,21 @@ def check_opts(opts):
 
 
 def build(args):
-    """Config, logger and trainer; user errors (paths, names, shapes) surface as one message."""
+    """Config, run folder, logger and trainer; user errors (paths, names, shapes) surface as one message."""
     from dassl.engine import build_trainer
     from dassl.utils import collect_env_info, set_random_seed, setup_logger
+
+    from trainers.run_record import open_evaluation_folder, open_training_folder
 
     check_opts(args.opts or [])
     trainers.register_all()
     datasets.register_all()
     cfg = setup_cfg(args)
     check_registered(cfg)
+    if args.eval_only:
+        open_evaluation_folder(cfg, args.model_dir, args.load_epoch, fresh=args.fresh)
+    else:
+        open_training_folder(cfg, fresh=args.fresh)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -97,6 +111,8 @@ def setup_error(error):
 
 
 def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):  # an ASCII locale (LC_ALL=C) must not stop a run on a class name
+        stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         trainer = build(args)
@@ -107,7 +123,7 @@ def main(argv=None):
             trainer.test()
         elif not args.no_train:
             trainer.train()
-    except TrainingSetupError as error:  # tables and teachers are opened when training starts
+    except (TrainingSetupError, UnreadableImageError) as error:  # tables, teachers, checkpoints, images
         return setup_error(error)
     return 0
 

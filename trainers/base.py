@@ -1,17 +1,24 @@
 """What every prompt-learning trainer shares: CLIP loading, precision, optimiser, checkpoints, eval.
 
 A method's trainer subclasses `PromptTrainer`, names its config node, builds its model in
-`build_model` and writes `forward_backward`.
+`build_model` and writes `forward_backward`. Checkpoints are written after every epoch with the
+backbone identity and the random states (trainers/checkpoints.py), so a resumed run ends with the
+same prompts, bit for bit on CPU, as one that was never interrupted.
 """
 import os.path as osp
 from contextlib import nullcontext
+from functools import cached_property
 
 import torch
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from . import dassl_compat
+from .checkpoints import (
+    latest_common_epoch, prune_epochs, rng_state, set_rng_state, write_checkpoint, write_marker,
+)
 from .clip_loading import load_clip, resolve_precision
+from .run_record import backbone_identity, same_backbone
 from .text_encoder import TextEncoder
 
 # Buffers a checkpoint may carry that are rebuilt from class names (base and new classes differ).
@@ -28,6 +35,8 @@ class PromptTrainer(TrainerX):
     CONFIG_NODE = None
 
     def __init__(self, cfg):
+        self.saved_epoch = None  # the last epoch `save_model` wrote epoch files for
+        self.resumed_state = None  # the training state of the checkpoint a resume loaded
         super().__init__(cfg)  # builds the model
         model = getattr(self, "model", None)  # zero-shot CLIP trains nothing and has none
         for module in model.modules() if isinstance(model, torch.nn.Module) else ():
@@ -47,6 +56,11 @@ class PromptTrainer(TrainerX):
     @property
     def precision(self):
         return resolve_precision(self.method_cfg.PREC, self.device)
+
+    @cached_property
+    def backbone_identity(self):
+        """MODEL.BACKBONE.NAME, or its checkpoint's path and sha256: stored in every checkpoint."""
+        return backbone_identity(self.cfg.MODEL.BACKBONE.NAME)
 
     def load_clip_model(self, name_or_path=None):
         """The run's CLIP (MODEL.BACKBONE.NAME unless given) on the trainer's device, input size checked."""
@@ -99,9 +113,65 @@ class PromptTrainer(TrainerX):
     def before_train(self):
         try:
             self.prepare_training()
+            super().before_train()  # resumes from OUTPUT_DIR or RESUME
         except (FileNotFoundError, ValueError) as error:
             raise TrainingSetupError(str(error)) from error
-        super().before_train()
+        if self.resumed_state is not None:  # last, so nothing draws from the generators after it
+            self.best_result = self.resumed_state["best_result"]
+            set_rng_state(self.resumed_state["rng"])
+
+    def after_epoch(self):
+        super().after_epoch()  # Dassl saves at TRAIN.CHECKPOINT_FREQ and after the last epoch only
+        if self.saved_epoch != self.epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Dassl's save_model, written atomically, each checkpoint with the backbone identity and the training
+        state (random generators, best validation result); older epoch files are pruned once all are written."""
+        filename = model_name or f"model.pth.tar-{epoch + 1}"
+        shared = {"backbone": self.backbone_identity,  # plain floats: numpy scalars fail weights-only loading
+                  "training_state": {"rng": rng_state(), "best_result": float(self.best_result)}}
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            checkpoint = {
+                "state_dict": self._models[name].state_dict(), "epoch": epoch + 1,
+                "optimizer": None if optim is None else optim.state_dict(),
+                "scheduler": None if sched is None else sched.state_dict(),
+                "val_result": None if val_result is None else float(val_result), **shared,
+            }
+            folder = osp.join(directory, name)
+            write_checkpoint(folder, filename, checkpoint)
+            if is_best:
+                write_checkpoint(folder, "model-best.pth.tar", checkpoint)
+            if not model_name:
+                write_marker(folder, filename)
+        print(f"Checkpoint saved: {osp.join(directory, '<model>', filename)}")
+        if not model_name:
+            self.saved_epoch = epoch
+            freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+            prune_epochs(directory, self.get_model_names(), epoch + 1,
+                         keep=lambda kept: kept == self.max_epoch or (freq > 0 and kept % freq == 0))
+
+    def resume_model_if_exist(self, directory):
+        """Load the newest epoch every model folder holds, with its optimiser and schedule; its training
+        state is restored at the end of `before_train`. Returns the epoch to start from."""
+        names = self.get_model_names()
+        epoch = latest_common_epoch(directory, names)
+        if epoch is None:
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoints of epoch {epoch} in {directory}: resuming training after it")
+        for name in names:
+            checkpoint = dassl_compat.load_checkpoint(osp.join(directory, name, f"model.pth.tar-{epoch}"))
+            self._models[name].load_state_dict(checkpoint["state_dict"])
+            for part, state in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
+                if part is not None and checkpoint[state] is not None:
+                    part.load_state_dict(checkpoint[state])
+        self.resumed_state = checkpoint.get("training_state")
+        if self.resumed_state is None:
+            print("The checkpoints hold no random states (an older version wrote them): the resumed epochs "
+                  "draw other batches than an uninterrupted run would")
+        return epoch
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
@@ -139,6 +209,17 @@ def check_input_size(cfg, clip_model, name):
         )
 
 
+def check_backbone(trainer, checkpoint, path):
+    """A checkpoint naming another backbone is refused, even one of the same width (ViT-B/32 and ViT-B/16
+    prompts have the same shapes). Checkpoints of older versions and of other code name none."""
+    recorded = checkpoint.get("backbone")
+    if recorded is not None and not same_backbone(recorded, trainer.backbone_identity):
+        raise ValueError(
+            f"{path} was trained with the backbone {recorded}, but this run's MODEL.BACKBONE.NAME is "
+            f"{trainer.backbone_identity}; evaluate it with the backbone it was trained with (--backbone)"
+        )
+
+
 def checkpoint_path(directory, name, epoch):
     model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
     path = osp.join(directory, name, model_file)
@@ -156,6 +237,7 @@ def load_prompt_checkpoints(trainer, directory, epoch=None):
     for name in trainer.get_model_names():
         path = checkpoint_path(directory, name, epoch)
         checkpoint = dassl_compat.load_checkpoint(path)
+        check_backbone(trainer, checkpoint, path)
         state_dict = {
             key: value for key, value in checkpoint["state_dict"].items()
             if key.rsplit(".", 1)[-1] not in CLASS_NAME_BUFFERS

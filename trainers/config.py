@@ -14,6 +14,32 @@ from yacs.config import CfgNode as CN
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
+# How a run folder's recorded settings are compared (trainers/run_record.py), as fnmatch patterns of
+# dotted keys. The backbone and the RIL table are compared by identity (checksum, table fingerprint),
+# not by MODEL.BACKBONE.NAME or TRAINER.FDBPL.RIL_TABLE.
+IDENTITY_KEYS = ("MODEL.BACKBONE.NAME", "TRAINER.FDBPL.RIL_TABLE")
+# Never change the trained prompts: where a run writes, what it logs and keeps, switches with identical
+# results, and how the final test is computed and shown. Resuming may change them.
+RUN_ONLY_KEYS = (
+    "OUTPUT_DIR", "RESUME", "VERBOSE", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
+    "MODEL.TEXT_TRUNCATION", "MODEL.TEXT_CHECKPOINTING",
+    "TEST.EVALUATOR", "TEST.SPLIT", "TEST.PER_CLASS_RESULT", "TEST.COMPUTE_CMAT", "DATALOADER.TEST.*",
+)
+# What defines a trained model, so --eval-only must match the training run in it; every other key
+# (DATASET.*, SEED, OPTIM.*, TRAIN.*, TEST.*, DATALOADER.*, augmentation) may differ on evaluation.
+MODEL_KEYS = ("TRAINER.*", "MODEL.*", "INPUT.SIZE", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
+# Keys under MODEL_KEYS that only training reads (loss weights, supervision, teachers, stage-1 runs)
+# or that set the precision evaluation runs in: --eval-only may differ in them too.
+TRAINING_ONLY_KEYS = (
+    "TRAINER.*.PREC",
+    "TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT", "TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT", "TRAINER.PROMPTSRC.GPA_*",
+    "TRAINER.PROMPTKD.KD_WEIGHT", "TRAINER.PROMPTKD.TEMPERATURE", "TRAINER.PROMPTKD.TRANSDUCTIVE",
+    "TRAINER.PROMPTKD.TEACHER_*",
+    "TRAINER.FDBPL.ALPHA", "TRAINER.FDBPL.LAMBDA_*", "TRAINER.FDBPL.DENSIFY", "TRAINER.FDBPL.REPEAT",
+    "TRAINER.FDBPL.FEATURE_CACHE", "TRAINER.FDBPL.IN_MEMORY",
+    "TRAINER.CASPL.TEACHER_*", "TRAINER.CASPL.TEMPERATURE", "TRAINER.CASPL.KD_WEIGHT", "TRAINER.CASPL.BOOST_*",
+)
+
 
 def extend_cfg(cfg):
     """Declare the project's keys on a Dassl default config (in place)."""
@@ -139,7 +165,7 @@ def setup_cfg(args):
 
 
 def flat_keys(node, prefix=""):
-    """{dotted key: value} of every leaf of a config."""
+    """{dotted key: value} of every leaf of a config (or of a nested dict, as a run record holds it)."""
     keys = {}
     for key, value in node.items():
         if isinstance(value, dict):
