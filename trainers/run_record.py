@@ -20,7 +20,8 @@ import time
 import yaml
 
 from datasets.common import atomic_write
-from ril.format import BOOKKEEPING_FIELDS, open_table_file, validate_structure
+from ril.format import BOOKKEEPING_FIELDS
+from ril.probe import load_layout
 
 from .checkpoints import EPOCH_FILE, MARKER
 from .clip_loading import backbone_id
@@ -55,8 +56,7 @@ def ril_table_identity(path):
         return None
     if not os.path.isfile(path):
         return {"missing": os.path.abspath(path)}
-    with open_table_file(path) as handle:
-        attrs = validate_structure(handle, path)
+    attrs = load_layout(path).attrs  # probed in a child process first: a corrupt table cannot crash this one
     return {key: attrs[key] for key in sorted(attrs) if key not in BOOKKEEPING_FIELDS and key != "classnames"}
 
 
