@@ -10,23 +10,20 @@ image encoder is frozen can then skip decoding and the image tower entirely.
 import logging
 import os
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .crops import normalize_pixels
-from .format import (
-    FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, RILTableError, encode_attr, open_table_file, stamped,
-)
+from .format import FEATURES_DONE, RILTableError
+from .merge import copy_rows
 from .precompute import ImageRegions, regions_of
 from .reader import RILTable
 from .teachers import load_openai_clip
-from .writer import TableWriter, create_contiguous, fill_new_file, hdf5_writes, read_back, replace_durably
+from .writer import TableWriter, complete_table, create_table, read_back, replace_durably
 
 logger = logging.getLogger(__name__)
-STUDENT_GROUP = FEATURES_DATASET.split("/")[0]
 
 
 class StoredRegions:
@@ -40,24 +37,18 @@ class StoredRegions:
         return rows["box"], rows["flip"]
 
 
-def _rebuild_with_feature_datasets(path, shape, attrs):
-    """Copy the table without any old cache, plus empty cache datasets; swap the copy in once every
-    copied row has read back intact (the temporary copy is removed on failure)."""
+def _rebuild_with_feature_datasets(table, dim, attrs):
+    """Rewrite `table`'s file with an empty cache for `attrs`'s student, dropping any old cache: rows
+    are copied after their checksums, and the copy replaces the file once it has read back intact
+    (the temporary copy is removed on failure). No HDF5 call touches the old file's structure beyond
+    the probed reads (see `probe`)."""
+    path = table.path
     temporary = f"{path}.features-{os.getpid()}"
     try:
-        with hdf5_writes(temporary, "create"), open_table_file(path) as source, h5py.File(temporary, "w") as target:
-            for name, value in source.attrs.items():
-                target.attrs[name] = value
-            for name in source:
-                if name != STUDENT_GROUP:
-                    source.copy(source[name], target, name=name)
-            features = create_contiguous(target, FEATURES_DATASET, shape, "float16")
-            for name, value in stamped(attrs).items():
-                features.attrs[name] = encode_attr(name, value)
-            for name, dtype in ((FEATURES_DONE, "uint8"), (FEATURES_CHECKSUM, "uint32")):
-                create_contiguous(target, name, shape[:1], dtype)
-        fill_new_file(temporary, path)
-        read_back(temporary)
+        create_table(temporary, dict(table.attrs, complete=False), table.image_paths, table.labels, (dim, attrs))
+        with TableWriter(temporary, sync_each_image=False) as writer:
+            copy_rows([table], writer)
+        complete_table(temporary)
         replace_durably(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -77,8 +68,7 @@ def _prepare(path, table, student, overwrite):
             f"RIL table {path} already caches features of {existing.get('student')!r}; pass --overwrite "
             f"to replace them with {student.teacher_id!r}"
         )
-    dim = student.model.visual.output_dim
-    _rebuild_with_feature_datasets(path, (table.num_images, table.num_regions, dim), attrs)
+    _rebuild_with_feature_datasets(table, student.model.visual.output_dim, attrs)
     return True
 
 

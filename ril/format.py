@@ -285,6 +285,8 @@ def _checked_attrs(handle, path):
         raise damaged(path, f"a root attribute has an unexpected type ({error})") from error
     if digest != attrs["attributes_sha256"]:
         raise damaged(path, "its root attributes do not match their attributes_sha256")
+    if not isinstance(attrs["complete"], bool):  # outside the digest; h5py reads a damaged bool type as an int
+        raise damaged(path, f"its root attribute complete is {attrs['complete']!r}, not true or false")
     return attrs
 
 

@@ -25,7 +25,7 @@ def _read_sources(sources):
     return tables
 
 
-def _copy_rows(tables, writer):
+def copy_rows(tables, writer):
     """Copy every done image from the first source that has it; returns the merged done flags."""
     merged = np.any([table.done for table in tables], axis=0)
     for index in np.flatnonzero(merged):
@@ -48,7 +48,7 @@ def merge_tables(sources, out, overwrite=False):
         attrs = dict(first.attrs, complete=False, shard_rank=0, shard_count=1)
         create_table(temporary, attrs, first.image_paths, first.labels)
         with TableWriter(temporary, sync_each_image=False) as writer:
-            merged = _copy_rows(tables, writer)
+            merged = copy_rows(tables, writer)
         if merged.all():
             complete_table(temporary)
         replace_durably(temporary, out)

@@ -43,13 +43,13 @@ class RILTable:
         names = list(MAPPED)
         if self.features_attrs is not None:
             names += [FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM]
-        self._locations = {name: layout.locations[name] for name in names}
+        self.locations = {name: layout.locations[name] for name in names}
         self._memory = None
         if in_memory:
             self._memory = {name: layout.memory[name] if name in layout.memory else np.array(self._map(name))
                             for name in names}
         else:
-            scattered = [name for name, (offset, _, _) in self._locations.items() if offset is None]
+            scattered = [name for name, (offset, _, _) in self.locations.items() if offset is None]
             if scattered:
                 raise RILTableError(
                     f"RIL table {self.path}: dataset {scattered[0]} is not stored contiguously (repacked or written "
@@ -72,14 +72,14 @@ class RILTable:
         return state
 
     def _map(self, name):
-        offset, shape, dtype = self._locations[name]
+        offset, shape, dtype = self.locations[name]
         return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
     def _arrays(self):
         if self._memory is not None:
             return self._memory
         if self._pid != os.getpid():
-            self._maps = {name: self._map(name) for name in self._locations}
+            self._maps = {name: self._map(name) for name in self.locations}
             self._pid = os.getpid()
         return self._maps
 

@@ -143,19 +143,27 @@ def create_contiguous(group, name, shape, dtype):
     return group.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl, fill_time="never")
 
 
-def _write_structure(temporary, attrs, image_paths):
-    """The HDF5 structure of an empty table; returns {name: (offset, dtype)} of its paths and labels."""
-    num_images = len(image_paths)
-    with hdf5_writes(temporary, "create"), h5py.File(temporary, "w") as handle:
+def _write_structure(temporary, path, attrs, image_paths, features):
+    """The HDF5 structure of an empty table `path`, written to `temporary`; returns {name: (offset, dtype)}
+    of its paths and labels."""
+    num_images, num_regions = len(image_paths), attrs["num_regions"]
+    with hdf5_writes(path, "create"), h5py.File(temporary, "w") as handle:
         for name, value in stamped(attrs).items():
             handle.attrs[name] = encode_attr(name, value)
         create_contiguous(handle, PATH_DATASET, (num_images,), path_dtype(image_paths))
-        for name, (shape, dtype) in schema(num_images, attrs["num_regions"], attrs["topk"]).items():
+        for name, (shape, dtype) in schema(num_images, num_regions, attrs["topk"]).items():
             create_contiguous(handle, name, shape, dtype)
+        if features is not None:
+            dim, feature_attrs = features
+            cache = create_contiguous(handle, FEATURES_DATASET, (num_images, num_regions, dim), "float16")
+            for name, value in stamped(feature_attrs).items():
+                cache.attrs[name] = encode_attr(name, value)
+            for name, dtype in ((FEATURES_DONE, "uint8"), (FEATURES_CHECKSUM, "uint32")):
+                create_contiguous(handle, name, (num_images,), dtype)
         return {name: (handle[name].id.get_offset(), handle[name].dtype) for name in (PATH_DATASET, "images/label")}
 
 
-def fill_new_file(temporary, path, write_data=None):
+def fill_new_file(temporary, path, write_data):
     """Preallocate a freshly built (sparse) file, let `write_data(raw)` write into it, and sync it.
 
     Fresh storage reads as zeros, so done flags start at 0 without being written.
@@ -164,8 +172,7 @@ def fill_new_file(temporary, path, write_data=None):
         raw = RawFile(temporary)
         try:
             raw.preallocate()
-            if write_data is not None:
-                write_data(raw)
+            write_data(raw)
         finally:
             raw.close()
     except OSError as error:
@@ -173,13 +180,14 @@ def fill_new_file(temporary, path, write_data=None):
         raise write_failure(path, "create", error, f"it needs {size / 2**20:.1f} MiB") from error
 
 
-def create_table(path, attrs, image_paths, labels):
+def create_table(path, attrs, image_paths, labels, features=None):
     """Write an empty, unfinished table at `path`; built under a temporary name (removed on failure)
-    and renamed once its paths and labels read back correctly."""
+    and renamed once its paths and labels read back correctly. `features`: (D, attributes) of an
+    empty student feature cache to include."""
     check_output_path(path)
     temporary = f"{path}.creating-{os.getpid()}"
     try:
-        locations = _write_structure(temporary, attrs, image_paths)
+        locations = _write_structure(temporary, path, attrs, image_paths, features)
 
         def write_paths_and_labels(raw):
             for name, values in ((PATH_DATASET, [image.encode("utf-8") for image in image_paths]),

@@ -195,3 +195,11 @@ def test_a_changed_root_attribute_is_detected(empty_table, name, value):
         handle.attrs[name] = value
     with pytest.raises(RILTableError, match="is damaged: its root attributes do not match their attributes_sha256"):
         RILTable(empty_table, require_complete=False)
+
+
+def test_a_complete_flag_that_is_not_a_bool_is_damage(empty_table):
+    """`complete` is outside the digest (it changes); a damaged bool type reads back as an int."""
+    with h5py.File(empty_table, "r+") as handle:
+        handle.attrs["complete"] = 1
+    with pytest.raises(RILTableError, match="root attribute complete is 1, not true or false"):
+        RILTable(empty_table, require_complete=False)
