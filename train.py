@@ -15,6 +15,7 @@ settings) end with one message and exit status 2 (FDBPL_DEBUG=1 shows the traceb
 import argparse
 import os
 import re
+import signal
 import sys
 
 import torch
@@ -110,7 +111,22 @@ def setup_error(error):
     return EXIT_SETUP_ERROR
 
 
+def exit_on_sigterm():
+    """SIGTERM (`kill`, a scheduler's time limit) ends the run through Python's cleanup as Ctrl-C does, so
+    half-written files and folders are removed; loader workers keep the default action."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv=None):
+    exit_on_sigterm()
     for stream in (sys.stdout, sys.stderr):  # an ASCII locale (LC_ALL=C) must not stop a run on a class name
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)

@@ -309,3 +309,20 @@ def test_every_epoch_draws_new_regions(synthetic_root, ril_table, tiny_student, 
     both = first.keys() & second.keys()
     same = [index for index in both if first[index] == second[index]]
     assert len(both) >= 8 and len(same) < len(both) / 2, f"{len(same)} of {len(both)} images got the same region"
+
+
+def test_sigterm_while_generating_data_leaves_no_temporary_folder(tiny_student, tmp_path):
+    """A scheduler's SIGTERM used to end the process without cleanup, leaving a half-written folder."""
+    root = tmp_path / "data"
+    args = command(str(root), tmp_path / "out", "CoOp", tiny_student, *BASE_OPTS,
+                   "DATASET.SYNTHETIC.IMAGES_PER_CLASS", "100", "DATASET.SYNTHETIC.IMAGE_SIZE", "128")
+    process = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    deadline = time.monotonic() + 300
+    while not glob.glob(str(root / ".synthetic-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-3000:]
+    assert not (root / "synthetic").exists(), "the signal came after the generation finished"
+    assert os.listdir(root) == []
