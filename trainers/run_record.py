@@ -34,7 +34,7 @@ PATH_KEYS = ("DATASET.ROOT", "TRAINER.PROMPTKD.TEACHER_DIR", "TRAINER.CASPL.TEAC
 REPLACED_PREFIX = "replaced-"
 # A run's own files besides its model folders; --fresh moves them with the checkpoints.
 RUN_FILES = (RECORD_FILE, EVAL_RECORD_FILE, "tensorboard", "finished.txt", "log.txt")
-NOT_RECORDED = "(not recorded)"
+ABSENT = "(absent)"  # a key or field one side does not have
 
 
 def backbone_identity(name):
@@ -111,7 +111,7 @@ def _matches(key, patterns):
 
 
 def _shown(value):
-    text = NOT_RECORDED if value is NOT_RECORDED else repr(value)
+    text = ABSENT if value is ABSENT else repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
 
@@ -124,7 +124,7 @@ def differences(record, cfg, identity, eval_only):
             continue
         if eval_only and (not _matches(key, MODEL_KEYS) or _matches(key, TRAINING_ONLY_KEYS)):
             continue
-        old, new = recorded.get(key, NOT_RECORDED), current.get(key, NOT_RECORDED)
+        old, new = recorded.get(key, ABSENT), current.get(key, ABSENT)
         if old != new:
             lines.append(f"{key}: recorded {_shown(old)}, now {_shown(new)}")
     if not same_backbone(record["backbone"], identity["backbone"]):
@@ -140,10 +140,9 @@ def _table_differences(recorded, current):
         return []
     if not (isinstance(recorded, dict) and isinstance(current, dict)):
         return [f"{name}: recorded {_shown(recorded)}, now {_shown(current)}"]
-    return [
-        f"{name} {field}: recorded {_shown(recorded.get(field, NOT_RECORDED))}, now {_shown(current.get(field, NOT_RECORDED))}"
-        for field in sorted(recorded.keys() | current.keys()) if recorded.get(field) != current.get(field)
-    ]
+    fields = sorted(field for field in recorded.keys() | current.keys() if recorded.get(field) != current.get(field))
+    return [f"{name} {field}: recorded {_shown(recorded.get(field, ABSENT))}, "
+            f"now {_shown(current.get(field, ABSENT))}" for field in fields]
 
 
 def model_folders(directory):
