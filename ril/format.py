@@ -70,7 +70,7 @@ CHECKSUM_DATASET = "images/checksum"  # CRC32 of the image's rows, see integrity
 DONE_DATASET = "progress/done"
 FEATURES_DATASET = "student/features"  # optional (N, M, D) float16 student image features
 FEATURES_DONE = "student/done"  # (N,) uint8, like progress/done
-FEATURES_CHECKSUM = "student/checksum"  # (N,) uint32, CRC32 of the image's features
+FEATURES_CHECKSUM = "student/checksum"  # (N, M) uint32, CRC32 of each region's features
 FEATURE_DATASETS = (FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM)
 REBUILD = "rebuild it with python -m ril precompute --overwrite"
 
@@ -360,8 +360,8 @@ def _features_attrs(handle, path, shape_prefix):
     if features.ndim != 3 or features.shape[:2] != shape_prefix or features.dtype != np.float16:
         raise RILTableError(f"RIL table {path}: {FEATURES_DATASET} has shape {features.shape} dtype "
                             f"{features.dtype}, expected {shape_prefix + ('D',)} float16; {fix}")
-    for name, dtype in ((FEATURES_DONE, "uint8"), (FEATURES_CHECKSUM, "uint32")):
-        _check_dataset(handle, path, name, shape_prefix[:1], dtype)
+    _check_dataset(handle, path, FEATURES_DONE, shape_prefix[:1], "uint8")
+    _check_dataset(handle, path, FEATURES_CHECKSUM, shape_prefix, "uint32")
     return attrs
 
 

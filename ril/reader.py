@@ -16,7 +16,7 @@ from .format import (
     CHECKSUM_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, REGION_DATASETS, RILTableError, damaged,
     check_fingerprint,
 )
-from .integrity import features_checksum, image_checksum, value_problems
+from .integrity import features_checksums, image_checksum, value_problems
 from .probe import load_layout
 
 DENSIFY_MODES = ("smooth", "renorm")
@@ -144,7 +144,9 @@ class RILTable:
     def image_problems(self, index, features=False):
         """What is wrong with image `index`'s rows (checksum, then values) or its student features."""
         if features:
-            problem = self._image_features(index)[1]
+            features, problem = self._features(index, np.arange(self.num_regions))
+            if problem is None and not np.isfinite(features).all():
+                problem = f"image {index} ({self.image_paths[index]}): non-finite student features"
             return [problem] if problem else []
         rows, size, problem = self._image_rows(index)
         if problem:
@@ -162,22 +164,23 @@ class RILTable:
                 f"python -m ril add-features --table {self.path} --model <student>"
             )
 
-    def _image_features(self, index):
-        """(features (M, D) float16 of image `index`, what is wrong with their checksum or None)."""
+    def _features(self, index, regions):
+        """(features (R, D) float16 of image `index` at `regions`, what is wrong with their checksums or None)."""
         arrays = self._arrays()
-        features = np.asarray(arrays[FEATURES_DATASET][index])
-        if features_checksum(index, features) == int(arrays[FEATURES_CHECKSUM][index]):
+        features = np.asarray(arrays[FEATURES_DATASET][index, regions])
+        bad = np.flatnonzero(features_checksums(index, regions, features) != arrays[FEATURES_CHECKSUM][index, regions])
+        if not len(bad):
             return features, None
-        return features, (f"the student features of image {index} ({self.image_paths[index]}) do not match their "
-                          f"checksum ({FEATURES_CHECKSUM})")
+        return features, (f"the student features of image {index} ({self.image_paths[index]}), region "
+                          f"{int(regions[bad[0]])}, do not match their checksum ({FEATURES_CHECKSUM})")
 
     def read_features(self, index, regions):
         """Checked student features (R, D) float16 of image `index` at `regions`."""
         self.require_features()
-        features, problem = self._image_features(index)
+        features, problem = self._features(index, np.asarray(regions, dtype=np.int64))
         if problem:
             raise damaged(self.path, problem)
-        return features[np.asarray(regions, dtype=np.int64)]
+        return features
 
     def check_fingerprint(self, expected):
         """Refuse a table built for another run (see `format.run_fingerprint`)."""

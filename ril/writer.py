@@ -22,7 +22,7 @@ from .format import (
     CHECKSUM_DATASET, DONE_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, PATH_DATASET,
     REGION_DATASETS, RILTableError, encode_attr, open_table_file, path_dtype, read_layout, schema, stamped,
 )
-from .integrity import features_checksum, image_checksum, value_problems
+from .integrity import features_checksums, image_checksum, value_problems
 from .probe import load_layout
 
 HDF5_ERRNO = re.compile(r"errno = (\d+)")  # h5py puts the C errno in its message text
@@ -158,8 +158,8 @@ def _write_structure(temporary, path, attrs, image_paths, features):
             cache = create_contiguous(handle, FEATURES_DATASET, (num_images, num_regions, dim), "float16")
             for name, value in stamped(feature_attrs).items():
                 cache.attrs[name] = encode_attr(name, value)
-            for name, dtype in ((FEATURES_DONE, "uint8"), (FEATURES_CHECKSUM, "uint32")):
-                create_contiguous(handle, name, (num_images,), dtype)
+            create_contiguous(handle, FEATURES_DONE, (num_images,), "uint8")
+            create_contiguous(handle, FEATURES_CHECKSUM, (num_images, num_regions), "uint32")
         return {name: (handle[name].id.get_offset(), handle[name].dtype) for name in (PATH_DATASET, "images/label")}
 
 
@@ -276,7 +276,7 @@ class TableWriter:
         stored = self._stored(FEATURES_DATASET, features)
         if not np.isfinite(stored).all():
             raise self._refuse(index, ["non-finite student features"])
-        checksum = self._stored(FEATURES_CHECKSUM, features_checksum(index, stored))
+        checksum = self._stored(FEATURES_CHECKSUM, features_checksums(index, np.arange(len(stored)), stored))
         self._write_then_mark(index, {FEATURES_DATASET: stored, FEATURES_CHECKSUM: checksum}, FEATURES_DONE)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import ril.probe
+from ril.features import add_student_features
 from ril.format import RILTableError, make_attrs
 from ril.merge import merge_tables
 from ril.precompute import RegionSpec, precompute
@@ -405,3 +406,17 @@ def test_image_paths_are_stored_as_utf8(tmp_path):
     with h5py.File(out, "r") as handle:
         assert handle["images/path"].dtype.itemsize == len("café/crème.png".encode("utf-8")) == 16
     assert RILTable(out, require_complete=False).image_paths == paths
+
+
+def test_damaged_student_features_are_named_by_the_feature_loader_and_verify(built, table, tiny_student, capsys):
+    add_student_features(table, built[1], tiny_student, workers=0)
+    flip(table, offset_of(table, "student/features", 3) + 2 * 64 * 4 + 1, 0x40)  # region 4, first value
+    dataset = RegionDataset(table, built[1], (32, 32), MEAN, STD, repeat=5, features=True)
+    with pytest.raises(RILTableError, match=r"the student features of image 3 \(class3/img003.png\), region 4, "
+                                            r"do not match their checksum"):
+        dataset[3]
+    dataset[2]
+    assert ril_main(["verify", "--table", table, "--deep"]) == 1
+    assert "PROBLEM: the student features of image 3" in capsys.readouterr().out
+    with TableWriter(table) as writer, pytest.raises(RILTableError, match="non-finite student features"):
+        writer.write_features(3, np.full((5, 64), np.inf, np.float32))
