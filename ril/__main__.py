@@ -220,6 +220,8 @@ COMMANDS = {"precompute": run_precompute, "merge": run_merge, "add-features": ru
 
 
 def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):  # an ASCII locale (LC_ALL=C) must not fail on an image path
+        stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     try:

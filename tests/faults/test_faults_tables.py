@@ -25,7 +25,7 @@ from ril.precompute import RegionSpec, precompute
 from ril.reader import RILTable
 from ril.region_dataset import RegionDataset
 from ril.summary import verify
-from ril.writer import TableWriter, create_table
+from ril.writer import TableWriter, complete_table, create_table
 from tests.conftest import REPO_ROOT, requires_dassl
 from tests.test_ril_cli import precompute_args, ril_main
 from tests.test_ril_format import build_table, settings, toy_fingerprint
@@ -399,13 +399,27 @@ def test_tables_are_created_with_the_users_umask(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / f"{umask:o}.h5").st_mode) == 0o666 & ~umask
 
 
-def test_image_paths_are_stored_as_utf8(tmp_path):
-    paths, labels = ["café/crème.png", "日本/猫.png", "plain/a.png"], [0, 1, 2]
+def test_image_paths_are_utf8_in_the_file_and_escaped_under_an_ascii_locale(tmp_path):
+    paths, labels = ["café/crème.png", "日本/猫.png"], [0, 1]
     out = str(tmp_path / "utf8.h5")
-    create_table(out, make_attrs(toy_fingerprint(paths, labels), settings()), paths, labels)
+    create_table(out, make_attrs(toy_fingerprint(paths, labels), settings(num_regions=2)), paths, labels)
+    rows = {"regions/box": np.array([[0, 0, 1, 1], [0.25, 0.5, 0.5, 0.5]], np.float32),
+            "regions/flip": np.array([0, 1], np.uint8), "regions/topk_index": np.array([[0, 3], [2, 1]], np.uint16),
+            "regions/topk_logit": np.array([[2, 1], [1.5, -1]], np.float16),
+            "regions/logsumexp": np.array([2.5, 2.0], np.float32), "regions/entropy": np.array([0.5, 1], np.float32)}
+    with TableWriter(out) as writer:
+        for index in range(2):
+            writer.write_image(index, [40, 50], rows)
+    complete_table(out)
     with h5py.File(out, "r") as handle:
         assert handle["images/path"].dtype.itemsize == len("café/crème.png".encode("utf-8")) == 16
-    assert RILTable(out, require_complete=False).image_paths == paths
+    assert RILTable(out).image_paths == paths
+    flip(out, offset_of(out, "regions/entropy", 0))
+    ascii_locale = {key: value for key, value in os.environ.items() if key != "PYTHONIOENCODING"}
+    result = subprocess.run([sys.executable, "-m", "ril", "verify", "--table", out, "--deep"], cwd=REPO_ROOT,
+                            capture_output=True, timeout=300, env=dict(ascii_locale, LC_ALL="C", LANG="C", PYTHONUTF8="0"))
+    assert result.returncode == 1, result.stderr.decode("ascii", "replace")[-3000:]
+    assert b"PROBLEM: the rows of image 0 (caf\\xe9/cr\\xe8me.png) do not match their checksum" in result.stdout
 
 
 def test_damaged_student_features_are_named_by_the_feature_loader_and_verify(built, table, tiny_student, capsys):
