@@ -229,7 +229,10 @@ class TableWriter:
         return self
 
     def __exit__(self, error_type, error, traceback):
-        self.raw.close(sync=error_type is None)  # after a failed write a sync would only fail again
+        try:
+            self.raw.close(sync=error_type is None)  # after a failed write a sync would only fail again
+        except OSError as failure:
+            raise write_failure(self.path, "sync", failure, RESUMABLE) from failure
 
     def _stored(self, name, array):
         offset, shape, dtype = self.layout.locations[name]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import ril.probe
+import ril.writer
 from ril.features import add_student_features
 from ril.format import RILTableError, make_attrs
 from ril.merge import merge_tables
@@ -187,6 +188,21 @@ def test_a_file_size_limit_stops_writes_with_a_message_and_the_run_resumes(synth
     assert ril_main(table_args(root, tiny_teacher, out)) == 0
     assert_same_results(reference, out)
     assert "already complete" in cli_error(capsys, table_args(root, tiny_teacher, out))
+
+
+def test_rows_that_read_back_changed_leave_the_table_unfinished(built, tmp_path, monkeypatch):
+    _, root, paths, labels, teacher = built
+    out = str(tmp_path / "table.h5")
+
+    def damage_instead(path):  # a disk that returns other bytes than were written to it
+        flip(path, offset_of(path, "regions/entropy", 3))
+
+    monkeypatch.setattr(ril.writer, "_drop_cached_pages", damage_instead)
+    with pytest.raises(RILTableError, match=r"failed its read-back check, so it was not finished: the rows of image 3 "
+                                            r"\(class3/img003.png\) do not match their checksum"):
+        precompute(out, root, paths, labels, toy_fingerprint(paths, labels), teacher,
+                   RegionSpec(num_regions=5, topk=2, output_size=(32, 32)), batch_size=4, workers=0)
+    assert RILTable(out, require_complete=False).attrs["complete"] is False
 
 
 def test_a_teacher_that_returns_nan_is_refused_before_the_image_is_written(built, tmp_path, monkeypatch):
