@@ -228,8 +228,8 @@ def as_stored(attrs):
     return {name: _decode_attr(name, encode_attr(name, value)) for name, value in attrs.items()}
 
 
-def open_table_file(path, mode="r"):
-    """An h5py handle on an existing table file, with errors that say what is wrong and what to do.
+def open_table_file(path):
+    """An h5py handle reading an existing table file, with errors that say what is wrong and what to do.
 
     Opening a file from elsewhere should go through `probe.load_layout`, which first reads its
     structure in a child process (damaged HDF5 metadata can crash or hang the reading process).
@@ -237,7 +237,7 @@ def open_table_file(path, mode="r"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"RIL table {path} does not exist; build it with python -m ril precompute --out {path}")
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path, "r")
     except OSError as error:
         if "unable to lock file" in str(error).lower():
             raise RILTableError(
