@@ -63,7 +63,8 @@ def parse_args(argv):
                         help=f"sweep only these parts: a dataset name, '{ROWS}' (every dataset but {PATH_DATASET}) "
                         f"or '{METADATA}'; with :N at most N bytes of each, evenly spaced (default: every byte)")
     parser.add_argument("--bits", action="store_true", help="flip each bit of a byte in turn instead of XOR 0xFF")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds until a check counts as hung (default 10)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds until a check counts as hung; some "
+                        "damaged attribute sizes take seconds to be refused on a busy machine (default 60)")
     parser.add_argument("--json", default="", help="also write the counts and the offsets of notable flips here")
     parser.add_argument("--workdir", default="", help="where the table is written (default: a temporary folder)")
     return parser.parse_args(argv)
