@@ -287,9 +287,9 @@ class _DatumUnpickler(pickle.Unpickler):
         )
 
 
-def load_datum_pickle(path, keys, image_dir):
+def load_datum_pickle(path, keys, image_dir, check_exists=True):
     """A dict of Datum lists under `keys`, as CoOp pickles them, read without running code; every path is
-    an existing file under `image_dir` (see `under_image_dir`)."""
+    under `image_dir` and, with `check_exists`, an existing file (see `under_image_dir`)."""
     advice = f"Delete {path}; it is rebuilt on the next run (with the same SEED, identically)."
     try:
         with open(path, "rb") as file:
@@ -303,11 +303,11 @@ def load_datum_pickle(path, keys, image_dir):
             raise ValueError(
                 f"{path}: expected a dict with a list of Dassl Datum under {key!r}. {advice}"
             )
-    return {key: under_image_dir(data[key], image_dir, path, advice) for key in keys}
+    return {key: under_image_dir(data[key], image_dir, path, advice, check_exists) for key in keys}
 
 
-def under_image_dir(items, image_dir, source, advice):
-    """`items` with every path an existing file under `image_dir`.
+def under_image_dir(items, image_dir, source, advice, check_exists=True):
+    """`items` with every path under `image_dir` (and, with `check_exists`, an existing file there).
 
     Pickles hold absolute paths, so a cache copied or moved with its $DATA still names the old root,
     whose images may still exist: such a path is read at the same place under `image_dir` instead.
@@ -316,16 +316,18 @@ def under_image_dir(items, image_dir, source, advice):
     located, moved = [], 0
     for item in items:
         path = os.path.normpath(item.impath)
-        if not path.startswith(prefix):
-            path, moved = _same_file_under(path, image_dir), moved + 1
-            if path is None:
-                raise ValueError(
-                    f"{source} lists {item.impath}, which is not under this run's image folder {image_dir} and "
-                    f"matches no file there. {advice}"
-                )
-        elif not os.path.isfile(path):
-            raise ValueError(f"{source} lists {path}, which does not exist. {advice}")
-        located.append(Datum(impath=path, label=item.label, classname=item.classname))
+        if path.startswith(prefix):
+            if check_exists and not os.path.isfile(path):
+                raise ValueError(f"{source} lists {path}, which does not exist. {advice}")
+            located.append(item)  # as unpickled: Datum's constructor would stat the file once more
+            continue
+        path, moved = _same_file_under(path, image_dir), moved + 1
+        if path is None:
+            raise ValueError(
+                f"{source} lists {item.impath}, which is not under this run's image folder {image_dir} and "
+                f"matches no file there. {advice}"
+            )
+        located.append(Datum(impath=path, label=item.label, domain=item.domain, classname=item.classname))
     if moved:
         print(f"{source} names {moved} images outside {image_dir} (written under another DATASET.ROOT): "
               f"reading them from {image_dir}")

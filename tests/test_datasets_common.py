@@ -340,3 +340,17 @@ def test_fewshot_cache_of_another_split_is_refused(tmp_path):
         read("DescribableTextures", tmp_path, shots=2)
     assert str(error.value).startswith(f"{cache} lists {cached.impath} (label {cached.label}, ")
     assert "the cache was drawn from another split" in str(error.value) and f"Delete {cache}" in str(error.value)
+
+
+def test_a_large_cache_can_skip_the_per_file_check_but_not_the_root_check(tmp_path):
+    from datasets.common import load_datum_pickle
+
+    path = tmp_path / "preprocessed.pkl"
+    path.write_bytes(pickle.dumps({"train": datums(tmp_path, [0, 1])}))
+    os.remove(tmp_path / "img_0.jpg")
+    data = load_datum_pickle(str(path), ("train",), str(tmp_path), check_exists=False)
+    assert [item.impath for item in data["train"]] == [str(tmp_path / "img_0.jpg"), str(tmp_path / "img_1.jpg")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(ValueError, match=r"not under this run's image folder"):
+        load_datum_pickle(str(path), ("train",), str(elsewhere), check_exists=False)
