@@ -121,7 +121,8 @@ def draw_scenes(scenes, rng, size):
     # Channel by channel: a (N, S, S, 3) broadcast costs several times as much.
     image = np.empty((count, size, size, 3), dtype=np.uint8)
     for channel in range(3):
-        values = np.where(inside, colour[:, channel, None, None].astype(np.float32), grey + tint[:, channel, None, None])
+        paint = colour[:, channel, None, None].astype(np.float32)
+        values = np.where(inside, paint, grey + tint[:, channel, None, None])
         image[..., channel] = np.clip(np.rint(values, out=values), 0, 255, out=values)
     return image
 
@@ -184,5 +185,6 @@ def shape_mask(shape, u, v, radius):
 
 
 def _inside_lines(u, v, normal_angles, distance):
-    """How many of the lines {p : p . n = distance} (outward normals n at `normal_angles`) have p on the centre's side."""
+    """How many of the lines {p : p . n = distance}, n the outward normals at `normal_angles`, have p on the
+    centre's side."""
     return sum((u * np.cos(a) + v * np.sin(a) <= distance).astype(np.int64) for a in normal_angles)
