@@ -266,11 +266,11 @@ def run(args):
     return record
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="checkpoint to write; the sidecar goes to <out>.json")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="student",
-                        help="defaults for the flags below: " + "; ".join(
+                        help="sets the defaults of the architecture and optimisation flags below: " + "; ".join(
                             f"{name}: {', '.join(f'{key}={value}' for key, value in values.items())}"
                             for name, values in PRESETS.items()) + " (default student)")
     parser.add_argument("--embed-dim", type=int, help="joint image-text embedding width")
@@ -300,8 +300,14 @@ def parse_args(argv):
                         help="steps between zero-shot probes, also run after the last step; 0 probes only "
                              "the saved file (default 100)")
     parser.add_argument("--probe-images", type=int, default=24,
-                        help="probe images per class in each set; 24 covers every image of Synthetic's default "
-                             "DATASET.SYNTHETIC.IMAGES_PER_CLASS (default 24)")
+                        help="probe images per class in each set; Synthetic's are its images 0 to N-1 of each "
+                             "class, so 24 is all of them at the default DATASET.SYNTHETIC.IMAGES_PER_CLASS (default 24)")
+    return parser
+
+
+def parse_args(argv):
+    """The flags, with the preset's values for those not given; settings that cannot train are refused."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
