@@ -22,6 +22,7 @@ import torch
 
 import datasets
 import trainers
+from ril.format import RILTableError
 from trainers.base import TrainingSetupError
 from trainers.config import check_registered, setup_cfg
 from trainers.dassl_compat import UnreadableImageError
@@ -139,7 +140,7 @@ def main(argv=None):
             trainer.test()
         elif not args.no_train:
             trainer.train()
-    except (TrainingSetupError, UnreadableImageError) as error:  # tables, teachers, checkpoints, images
+    except (TrainingSetupError, UnreadableImageError, RILTableError) as error:  # tables, teachers, checkpoints, images
         return setup_error(error)
     return 0
 

@@ -78,6 +78,11 @@ REBUILD = "rebuild it with python -m ril precompute --overwrite"
 class RILTableError(ValueError):
     """A table that cannot be used as asked: corrupt, unfinished, or built for something else."""
 
+    def __init__(self, message):
+        # Raised in a loader worker, it comes back rebuilt from "Caught ... Original Traceback ...
+        # RILTableError: <message>": keep only the message.
+        super().__init__(message.rsplit(f"{type(self).__name__}: ", 1)[-1].strip())
+
 
 def schema(num_images, num_regions, topk):
     """Every numeric dataset of a table (all but `images/path`): name -> (shape, dtype)."""

@@ -326,3 +326,20 @@ def test_sigterm_while_generating_data_leaves_no_temporary_folder(tiny_student, 
     assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-3000:]
     assert not (root / "synthetic").exists(), "the signal came after the generation finished"
     assert os.listdir(root) == []
+
+
+def test_a_table_damaged_after_it_was_checked_stops_training_with_one_message(synthetic_root, ril_table, tiny_student,
+                                                                               tmp_path):
+    """A row byte that changes on disk is found by the loader's checksum (in a loader worker too): exit 2."""
+    import h5py
+    import numpy as np
+
+    damaged = shutil.copy(ril_table, tmp_path / "damaged.h5")
+    with h5py.File(damaged, "r") as handle:
+        offset = handle["regions/entropy"].id.get_offset()
+    with open(damaged, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(np.float32(0.5).tobytes())  # a plausible value: only the checksum tells
+    stderr = fails(command(synthetic_root, tmp_path / "run", "FDBPL", tiny_student, *BASE_OPTS, "OPTIM.MAX_EPOCH", "1",
+                           "DATALOADER.NUM_WORKERS", "1", "TRAINER.FDBPL.RIL_TABLE", damaged))
+    assert stderr.startswith(f"error: RIL table {damaged} is damaged: the rows of image 0 ")
