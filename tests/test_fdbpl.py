@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT, requires_dassl, run_script
-from tests.cli_runs import BASE_OPTS, build_trainer, log_accuracy, train
+from tests.cli_runs import BASE_OPTS, SYNTHETIC, build_trainer, log_accuracy, train
 
 pytestmark = requires_dassl
 
@@ -61,7 +61,7 @@ def test_inference_uses_the_positive_prompts_only(synthetic_root, tiny_student, 
 def test_table_of_other_shots_is_refused_with_the_field(synthetic_root, ril_table, tiny_student, tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "--root", synthetic_root, "--seed", "1", "--trainer", "FDBPL",
-         "--dataset-config-file", "configs/datasets/synthetic.yaml",
+         "--dataset-config-file", SYNTHETIC,
          "--config-file", "configs/trainers/FDBPL/tiny_ep2.yaml", "--output-dir", str(tmp_path),
          "--backbone", tiny_student, "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base",
          "TRAINER.FDBPL.RIL_TABLE", ril_table],

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import REPO_ROOT, requires_dassl
-from tests.cli_runs import BASE_OPTS, build_trainer, log_accuracy, train
+from tests.cli_runs import BASE_OPTS, SYNTHETIC, build_trainer, log_accuracy, train
 
 pytestmark = requires_dassl
 
@@ -61,7 +61,7 @@ def test_negative_context_differs_at_the_input_of_a_deep_prompted_tower(syntheti
 def test_feature_cache_is_refused_where_the_image_encoder_is_prompted(synthetic_root, ril_table, tiny_student, tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "--root", synthetic_root, "--seed", "1", "--trainer", "MaPLe_FDBPL",
-         "--dataset-config-file", "configs/datasets/synthetic.yaml",
+         "--dataset-config-file", SYNTHETIC,
          "--config-file", "configs/trainers/MaPLe_FDBPL/tiny_ep2.yaml", "--output-dir", str(tmp_path),
          "--backbone", tiny_student, *BASE_OPTS, "TRAINER.FDBPL.RIL_TABLE", ril_table,
          "TRAINER.FDBPL.FEATURE_CACHE", "True"],

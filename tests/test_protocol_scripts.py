@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.cli_runs import SYNTHETIC as TEST_SYNTHETIC
 from tests.conftest import REPO_ROOT, requires_dassl
 
 pytestmark = requires_dassl
@@ -29,7 +30,10 @@ FLAGS = {
     "precompute_ril.sh": COMMON_FLAGS + ("--datasets", "--subsample"),
 }
 ACCURACY = re.compile(r"^\* accuracy: ([0-9.]+)%$", re.MULTILINE)
-SYNTHETIC = os.path.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")
+SYNTHETIC = os.path.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")  # the demo's dataset
+# The test suite's small Synthetic, given to the scripts as a .yaml path: they name its folders and rows after
+# the file.
+TEST_DATASET = "synthetic_small"
 
 
 def script_env():
@@ -109,10 +113,10 @@ def test_base2new_resumes_after_a_kill_and_prints_the_logged_accuracies(data_roo
     student = checkpoint_tag(tiny_student)  # any --backbone but ViT-B/16 and ViT-B/32 is in the folder names
     methods = (f"ZeroshotCLIP/tiny_{student}", f"CoOp/tiny_ep2_{student}", f"FDBPL/tiny_ep2_{student}")
     args = ["--data", data_root, "--out", str(out), "--trainer", "ZeroshotCLIP CoOp FDBPL", "--cfg",
-            "tiny tiny_ep2 tiny_ep2", "--datasets", "synthetic", "--seeds", "1", "--shots", "4", "--backbone",
+            "tiny tiny_ep2 tiny_ep2", "--datasets", TEST_SYNTHETIC, "--seeds", "1", "--shots", "4", "--backbone",
             tiny_student, "--teacher", tiny_teacher, "--regions", "8", "--topk", "3", "--ril-workers", "0",
             "--device", "cpu"]
-    runs = {(split, method): out / "base2new" / split / "synthetic" / "shots_4" / method / "seed1"
+    runs = {(split, method): out / "base2new" / split / TEST_DATASET / "shots_4" / method / "seed1"
             for split in ("train_base", "test_base", "test_new") for method in methods}
     first = runs["test_base", methods[0]]
 
@@ -128,7 +132,7 @@ def test_base2new_resumes_after_a_kill_and_prints_the_logged_accuracies(data_roo
     first_log_mtime = os.path.getmtime(first / "log.txt")
 
     resumed = run_protocol("base2new.sh", *args)
-    assert f"[skip] test_base synthetic {methods[0]} 4-shot seed 1" in resumed.stdout
+    assert f"[skip] test_base {TEST_DATASET} {methods[0]} 4-shot seed 1" in resumed.stdout
     assert resumed.stdout.count("[run] ") == 8  # ZeroshotCLIP test_new; CoOp 3 steps; FDBPL table + 3 steps
     assert os.path.getmtime(first / "log.txt") == first_log_mtime
     assert not runs["train_base", methods[0]].exists()  # nothing to train
@@ -136,7 +140,7 @@ def test_base2new_resumes_after_a_kill_and_prints_the_logged_accuracies(data_roo
     checkpoint = runs["train_base", methods[1]] / "prompt_learner" / "model.pth.tar-2"
     assert str(checkpoint) in open(runs["test_new", methods[1]] / "log.txt").read()  # MAX_EPOCH of tiny_ep2
 
-    tables = glob.glob(str(out / "ril" / "synthetic" / "shots_4" / "base" / "teacher-*_32px_bicubic_m8_k3" / "seed1"
+    tables = glob.glob(str(out / "ril" / TEST_DATASET / "shots_4" / "base" / "teacher-*_32px_bicubic_m8_k3" / "seed1"
                            / "table.h5"))
     assert len(tables) == 1 and os.path.exists(os.path.join(os.path.dirname(tables[0]), "finished.txt"))
     train_log = open(runs["train_base", methods[2]] / "log.txt").read()
@@ -145,31 +149,31 @@ def test_base2new_resumes_after_a_kill_and_prints_the_logged_accuracies(data_roo
     accuracy = {key: log_accuracy(path) for key, path in runs.items() if key[0] != "train_base"}
     expected = [cell for method in methods
                 for cell in base_new_cells(accuracy["test_base", method], accuracy["test_new", method])]
-    assert table_row(resumed.stdout, "synthetic") == expected
+    assert table_row(resumed.stdout, TEST_DATASET) == expected
 
     again = run_protocol("base2new.sh", *args)
     assert "[run] " not in again.stdout and again.stdout.count("[skip] ") == 8
-    assert table_row(again.stdout, "synthetic") == expected
+    assert table_row(again.stdout, TEST_DATASET) == expected
 
 
 def test_cross_dataset_then_domain_generalization_reuses_the_source_model(data_root, tiny_student, tmp_path):
     out = tmp_path / "out"
     second_target = tmp_path / "synthetic_copy.yaml"  # another folder name for the same dataset
-    second_target.write_text(open(SYNTHETIC).read())
+    second_target.write_text(open(TEST_SYNTHETIC).read())
     common = ["--data", data_root, "--out", str(out), "--trainer", "CoOp", "--cfg", "tiny_ep2",
-              "--source-dataset", "synthetic", "--seeds", "1", "--shots", "4", "--backbone", tiny_student,
+              "--source-dataset", TEST_SYNTHETIC, "--seeds", "1", "--shots", "4", "--backbone", tiny_student,
               "--device", "cpu"]
-    cross = run_protocol("cross_dataset.sh", *common, "--target-datasets", "synthetic")
+    cross = run_protocol("cross_dataset.sh", *common, "--target-datasets", TEST_SYNTHETIC)
     cfg = f"tiny_ep2_{checkpoint_tag(tiny_student)}"
-    source = out / "synthetic" / "CoOp" / f"{cfg}_4shots" / "seed1"
+    source = out / TEST_DATASET / "CoOp" / f"{cfg}_4shots" / "seed1"
     assert (source / "finished.txt").exists()
-    target = out / "evaluation" / "CoOp" / f"{cfg}_4shots" / "synthetic" / "seed1"
+    target = out / "evaluation" / "CoOp" / f"{cfg}_4shots" / TEST_DATASET / "seed1"
     # The source evaluated as a target is the source row (--source-dataset reaches the parser).
-    assert table_row(cross.stdout, "synthetic (source)") == [f"{log_accuracy(target):.2f} ± 0.00"]
+    assert table_row(cross.stdout, f"{TEST_DATASET} (source)") == [f"{log_accuracy(target):.2f} ± 0.00"]
 
     dg = run_protocol("domain_generalization.sh", *common, "--target-datasets", str(second_target),
                       "--load-epoch", "2")
-    assert f"[skip] train synthetic CoOp/{cfg} 4-shot seed 1" in dg.stdout and dg.stdout.count("[run] ") == 1
+    assert f"[skip] train {TEST_DATASET} CoOp/{cfg} 4-shot seed 1" in dg.stdout and dg.stdout.count("[run] ") == 1
     copy = out / "evaluation" / "CoOp" / f"{cfg}_4shots" / "synthetic_copy" / "seed1"
     assert str(source / "prompt_learner" / "model.pth.tar-2") in open(copy / "log.txt").read()
     assert table_row(dg.stdout, "synthetic_copy") == [f"{log_accuracy(copy):.2f} ± 0.00"]
@@ -178,11 +182,11 @@ def test_cross_dataset_then_domain_generalization_reuses_the_source_model(data_r
 def test_few_shot_trains_once_per_shots_and_tabulates_them(data_root, tiny_student, tmp_path):
     out = tmp_path / "out"
     result = run_protocol("few_shot.sh", "--data", data_root, "--out", str(out), "--trainer", "CoOp", "--cfg",
-                          "tiny_ep2", "--datasets", "synthetic", "--seeds", "1", "--shots", "1 2", "--backbone",
+                          "tiny_ep2", "--datasets", TEST_SYNTHETIC, "--seeds", "1", "--shots", "1 2", "--backbone",
                           tiny_student, "--device", "cpu")
     cfg = f"tiny_ep2_{checkpoint_tag(tiny_student)}"
-    runs = [out / "few_shot" / "synthetic" / f"shots_{k}" / "CoOp" / cfg / "seed1" for k in (1, 2)]
-    assert table_row(result.stdout, "synthetic") == [f"{log_accuracy(run):.2f} ± 0.00" for run in runs]
+    runs = [out / "few_shot" / TEST_DATASET / f"shots_{k}" / "CoOp" / cfg / "seed1" for k in (1, 2)]
+    assert table_row(result.stdout, TEST_DATASET) == [f"{log_accuracy(run):.2f} ± 0.00" for run in runs]
     assert "DATASET.NUM_SHOTS 2 DATASET.SUBSAMPLE_CLASSES all" in open(runs[1] / "finished.txt").read()
 
 
@@ -307,10 +311,10 @@ def test_a_missing_twin_and_staged_trainers_stop_with_a_pointer(tmp_path):
 def test_a_sweep_with_other_settings_stops_instead_of_reusing_a_folder(data_root, tiny_student, tmp_path):
     out = tmp_path / "out"
     args = ["--data", data_root, "--out", str(out), "--trainer", "ZeroshotCLIP", "--cfg", "tiny", "--datasets",
-            "synthetic", "--seeds", "1", "--shots", "4", "--backbone", tiny_student, "--device", "cpu"]
+            TEST_SYNTHETIC, "--seeds", "1", "--shots", "4", "--backbone", tiny_student, "--device", "cpu"]
     first = run_protocol("base2new.sh", *args)
     assert first.stdout.count("[run] ") == 2
-    run = out / "base2new" / "test_base" / "synthetic" / "shots_4" / "ZeroshotCLIP" / \
+    run = out / "base2new" / "test_base" / TEST_DATASET / "shots_4" / "ZeroshotCLIP" / \
         f"tiny_{checkpoint_tag(tiny_student)}" / "seed1"
     assert shlex.split((run / "settings.txt").read_text()) == shlex.split((run / "finished.txt").read_text()
                                                                             .splitlines()[1])
@@ -338,9 +342,9 @@ def test_a_sweep_with_other_settings_stops_instead_of_reusing_a_folder(data_root
 def test_a_rerun_into_a_folder_is_read_from_the_log_it_wrote(data_root, tiny_student, tmp_path):
     out = tmp_path / "out"
     args = ["--data", data_root, "--out", str(out), "--trainer", "ZeroshotCLIP", "--cfg", "tiny", "--datasets",
-            "synthetic", "--seeds", "1", "--shots", "4", "--backbone", tiny_student, "--device", "cpu"]
+            TEST_SYNTHETIC, "--seeds", "1", "--shots", "4", "--backbone", tiny_student, "--device", "cpu"]
     run_protocol("base2new.sh", *args)
-    run = out / "base2new" / "test_new" / "synthetic" / "shots_4" / "ZeroshotCLIP" / \
+    run = out / "base2new" / "test_new" / TEST_DATASET / "shots_4" / "ZeroshotCLIP" / \
         f"tiny_{checkpoint_tag(tiny_student)}" / "seed1"
     assert (run / "finished.txt").read_text().splitlines()[2] == "log log.txt"
     first = (run / "log.txt").read_text()
@@ -351,7 +355,7 @@ def test_a_rerun_into_a_folder_is_read_from_the_log_it_wrote(data_root, tiny_stu
     written = [name for name in os.listdir(run) if name.startswith("log.txt-")]
     assert len(written) == 1 and (run / "finished.txt").read_text().splitlines()[2] == f"log {written[0]}"
     accuracy = float(ACCURACY.findall((run / written[0]).read_text())[-1])
-    assert accuracy != 1.0 and table_row(rerun.stdout, "synthetic")[1] == f"{accuracy:.2f} ± 0.00"
+    assert accuracy != 1.0 and table_row(rerun.stdout, TEST_DATASET)[1] == f"{accuracy:.2f} ± 0.00"
     assert f"seed 1 read from {run / written[0]}, the log finished.txt names (not log.txt)" in rerun.stdout
 
     # A finished step whose vouched log holds no accuracy leaves a hole: the sweep fails, never prints a partial table as done.
@@ -359,7 +363,7 @@ def test_a_rerun_into_a_folder_is_read_from_the_log_it_wrote(data_root, tiny_stu
     partial = run_protocol("base2new.sh", *args, check=False)
     assert partial.returncode == 1 and "[skip] test_new" in partial.stdout
     assert "the results table above has incomplete cells" in partial.stderr
-    assert "1 incomplete cell(s) (see the notes): ZeroshotCLIP New, synthetic" in partial.stderr
+    assert f"1 incomplete cell(s) (see the notes): ZeroshotCLIP New, {TEST_DATASET}" in partial.stderr
 
 
 def test_rehearsal_help_and_bad_values():

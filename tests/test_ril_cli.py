@@ -10,6 +10,7 @@ import h5py
 import pytest
 import torch
 
+from tests.cli_runs import SYNTHETIC
 from tests.conftest import REPO_ROOT, requires_dassl, run_script
 from tests.test_ril_precompute import assert_same_results
 
@@ -24,8 +25,7 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1"}  # torchrun's default per rank; the ref
 
 
 def dataset_flags(root):
-    return ["--root", str(root), "--seed", "1", "--dataset-config-file",
-            os.path.join(REPO_ROOT, "configs/datasets/synthetic.yaml")]
+    return ["--root", str(root), "--seed", "1", "--dataset-config-file", SYNTHETIC]
 
 
 def precompute_args(root, teacher, out):

@@ -7,11 +7,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT, requires_dassl, run_script
-from tests.cli_runs import log_accuracy
+from tests.cli_runs import SYNTHETIC, log_accuracy
 
 pytestmark = requires_dassl
-
-SYNTHETIC = os.path.join(REPO_ROOT, "configs/datasets/synthetic.yaml")
 
 
 def train_args(synthetic_root, output_dir, backbone, *extra, trainer="CoOp", config="configs/trainers/CoOp/tiny_ep2.yaml"):
