@@ -1,7 +1,10 @@
-"""Synthetic: coloured shapes on textured backgrounds, drawn on first use under DATASET.ROOT.
+"""Synthetic: compositional classes of drawn scenes, generated on first use under DATASET.ROOT.
 
-It has the real datasets' layout (synthetic/images/<class>/NNNN.png, split_zhou_Synthetic.json,
-split_fewshot/), so demos and tests run every code path without downloading anything.
+A class is a (colour, shape) pair; each image is a scene of datasets/scenes.py with the class's colour
+and shape and a random size, position and background, so base-to-new asks for colour-shape pairs never
+seen in training, among nuisances that say nothing of the class. It has the real datasets' layout
+(synthetic/images/<class>/NNNN.png, split_zhou_Synthetic.json, split_fewshot/), so demos and tests
+run every code path without downloading anything.
 """
 import json
 import os
@@ -12,18 +15,20 @@ import numpy as np
 from dassl.data.datasets import DATASET_REGISTRY
 from PIL import Image
 
+from . import scenes
 from .common import SplitDataset, make_datum, umask, write_split
 
-COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 85, 225), "yellow": (230, 205, 35)}
-SHAPES = ("circle", "square", "triangle", "ring")
-# (colour, shape) in diagonal order: every colour and every shape recurs every four classes.
+# (colour, shape) in diagonal order over Synthetic's four colours and four shapes, the first four of
+# datasets/scenes.py's: every colour and every shape recurs every four classes, so the base half and the
+# new half of the 16 classes each hold all four colours and all four shapes, in pairs the other half lacks.
+COLOURS, SHAPES = tuple(scenes.COLOURS)[:4], scenes.SHAPES[:4]
 CLASSES = tuple(
     (colour, SHAPES[(index + offset) % len(SHAPES)])
     for offset in range(len(SHAPES))
     for index, colour in enumerate(COLOURS)
 )
 SETTINGS_FILE = "settings.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def classname(label):
@@ -31,41 +36,25 @@ def classname(label):
     return " ".join(CLASSES[label])
 
 
+def scene_of(label, index):
+    """The scenes.Scene image `index` of class `label` shows: the class's colour and shape, and a size,
+    position and background drawn at random."""
+    return _scene_and_rng(label, index)[0]
+
+
 def draw_image(label, index, size):
-    """(size, size, 3) uint8: one shape of the class colour on a dim, grey, striped texture.
+    """(size, size, 3) uint8: the scene of scene_of(label, index), drawn by scenes.draw_scenes.
 
     Seeded by (label, index) only, so an image never depends on how many classes are generated.
     """
+    scene, rng = _scene_and_rng(label, index)
+    return scenes.draw_scenes([scene], rng, size)[0]
+
+
+def _scene_and_rng(label, index):
+    """The scene, then the generator its continuous details (exact size, place, colour, texture) come from."""
     rng = np.random.default_rng([label, index])
-    coords = (np.arange(size, dtype=np.float64) + 0.5) / size
-    y, x = np.meshgrid(coords, coords, indexing="ij")
-    stripe_angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-    across = x * np.cos(stripe_angle) + y * np.sin(stripe_angle)
-    stripes = np.sin(2 * np.pi * rng.uniform(3, 8) * across + phase)
-    grey = rng.uniform(80, 170) + 18 * stripes + rng.normal(0, 6, (size, size))
-    image = grey[..., None] + rng.uniform(-8, 8, 3)
-
-    centre, radius = rng.uniform(0.32, 0.68, 2), rng.uniform(0.18, 0.26)
-    angle = rng.uniform(0, 2 * np.pi)
-    u = (x - centre[0]) * np.cos(angle) + (y - centre[1]) * np.sin(angle)
-    v = (y - centre[1]) * np.cos(angle) - (x - centre[0]) * np.sin(angle)
-    colour_name, shape = CLASSES[label]
-    colour = np.array(COLOURS[colour_name]) + rng.uniform(-20, 20, 3)
-    image[_shape_mask(shape, u, v, radius)] = colour
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def _shape_mask(shape, u, v, radius):
-    """Pixels inside `shape` of circumradius about `radius`, in coordinates (u, v) about its centre."""
-    squared = u * u + v * v
-    if shape == "circle":
-        return squared <= radius**2
-    if shape == "ring":
-        return (squared <= radius**2) & (squared >= (0.55 * radius) ** 2)
-    if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8 * radius
-    normals = (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)  # outward edge normals of a triangle
-    return np.all([u * np.cos(a) + v * np.sin(a) <= 0.65 * radius for a in normals], axis=0)
+    return scenes.sample_scenes(rng, [CLASSES[label]])[0], rng
 
 
 def check_settings(num_classes, images_per_class, image_size):

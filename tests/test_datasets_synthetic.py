@@ -1,5 +1,8 @@
-"""The generated Synthetic dataset: layout, class names, determinism, atomic generation."""
+"""The generated Synthetic dataset: layout, class names, compositional halves, nuisances, pinned
+images, determinism, atomic generation."""
+import hashlib
 import json
+import math
 import os
 import time
 
@@ -16,6 +19,16 @@ DEFAULT_CLASSNAMES = [
     "red circle", "green square", "blue triangle", "yellow ring", "red square",
     "green triangle", "blue ring", "yellow circle", "red triangle", "green ring",
 ]
+# SHA-256 of draw_image(label, index, 64)'s pixel bytes (not PNG bytes, which depend on zlib). They pin the
+# generator: when a change moves them, bump GENERATOR_VERSION so that old folders are refused, then update them.
+PINNED_IMAGES = {
+    (0, 0): "dfeeb658625ba923b681579b0fa755365467c9014945de22890b04af16894c85",
+    (0, 39): "774daa970f283affaa4af0a2386113f602d40d79e3251b7767fae0aff78a59bb",
+    (7, 0): "ff480c7dbaf14ddcd3f3e3cf30474feb531fef4ff43a240a775e62025010c7a8",
+    (7, 39): "1256b9de3c3df6422f83c5845fa505fc078c3b3e96cb577dffbe1bf414c1a3a9",
+    (15, 0): "3c5b02b14078d793daf0e40b119f87c8c5786e014a1ded31dec60612b8ec5a64",
+    (15, 39): "dc2ad9d9dc53bcaeba2b1a7de0ab3100faf518fbab00e3d8a0e617a6c0f21f7c",
+}
 
 
 def settings(num_classes=10, images_per_class=24, image_size=64):
@@ -75,6 +88,49 @@ def test_generation_is_deterministic_and_fast(tmp_path):
     assert first == second and len(first) == 10 * 24 + 2
     assert first["images/red_circle/0000.png"] != first["images/red_circle/0001.png"]
     assert elapsed < 2.0
+
+
+def test_pinned_images():
+    from datasets.synthetic import draw_image
+
+    digests = {key: hashlib.sha256(draw_image(*key, 64).tobytes()).hexdigest() for key in PINNED_IMAGES}
+    assert digests == PINNED_IMAGES
+
+
+def test_base_and_new_halves_pair_the_same_colours_and_shapes_differently():
+    from datasets.synthetic import CLASSES, COLOURS, SHAPES
+
+    def halves(num_classes):
+        half = math.ceil(num_classes / 2)  # base: the first ceil(n/2) labels, as datasets/common.py subsamples
+        return CLASSES[:half], CLASSES[half:num_classes]
+
+    def colours_and_shapes(pairs):
+        return {colour for colour, _ in pairs}, {shape for _, shape in pairs}
+
+    every = (set(COLOURS), set(SHAPES))
+    base, new = halves(16)
+    assert colours_and_shapes(base) == colours_and_shapes(new) == every
+    assert not set(base) & set(new)
+    # The test suite's 10 classes: base holds every colour and shape, new every colour and three shapes.
+    base, new = halves(10)
+    assert colours_and_shapes(base) == every
+    assert colours_and_shapes(new) == (set(COLOURS), set(SHAPES) - {"square"})
+    assert not set(base) & set(new)
+
+
+def test_size_position_and_background_vary_within_every_class():
+    from datasets import scenes
+    from datasets.synthetic import CLASSES, scene_of
+
+    drawn = [[scene_of(label, index) for index in range(40)] for label in range(len(CLASSES))]
+    for label, class_scenes in enumerate(drawn):
+        assert {scene[:2] for scene in class_scenes} == {CLASSES[label]}
+        for attribute in ("size", "position", "background"):
+            assert len({getattr(scene, attribute) for scene in class_scenes}) > 1, (label, attribute)
+    every = [scene for class_scenes in drawn for scene in class_scenes]
+    assert {scene.size for scene in every} == set(scenes.SIZES)
+    assert {scene.position for scene in every} == set(scenes.POSITIONS)
+    assert {scene.background for scene in every} == set(scenes.BACKGROUNDS)
 
 
 def test_classes_are_separable_by_colour_and_shape():
@@ -145,6 +201,13 @@ def test_settings_are_checked(tmp_path):
     mismatch = r"made with .*\"num_classes\": 16.* asks for .*\"num_classes\": 12.*Delete .*synthetic to"
     with pytest.raises(ValueError, match=mismatch):
         ensure_generated(str(tmp_path), settings(num_classes=12, images_per_class=4, image_size=16))
+
+    settings_path = tmp_path / "synthetic" / "settings.json"
+    settings_path.write_text(json.dumps({**json.loads(settings_path.read_text()), "generator_version": 1}))
+    old_generator = r"made with .*\"generator_version\": 1.* asks for .*\"generator_version\": 2.*Delete "
+    with pytest.raises(ValueError, match=old_generator):
+        ensure_generated(str(tmp_path), settings(num_classes=16, images_per_class=4, image_size=16))
+
     with pytest.raises(ValueError, match=r"SYNTHETIC.NUM_CLASSES is 17; expected an integer in \[2, 16\]"):
         settings(num_classes=17)
     with pytest.raises(ValueError, match=r"SYNTHETIC.IMAGES_PER_CLASS is 3; expected an integer >= 4"):
