@@ -300,9 +300,9 @@ def build_parser():
                         help="steps between zero-shot probes, also run after the last step; 0 probes only "
                              "the saved file (default 100)")
     parser.add_argument("--probe-images", type=int, default=24,
-                        help="probe images per class in each set; Synthetic's are its images 0 to N-1 of "
-                             "each class, so 24 is all of them at the default DATASET.SYNTHETIC.IMAGES_PER_CLASS "
-                             "(default 24)")
+                        help="probe images per class in each set; Synthetic's are its images 0 to N-1 of each "
+                             "class, of the 40 (20 train, 8 val, 12 test) at the default "
+                             "DATASET.SYNTHETIC.IMAGES_PER_CLASS (default 24)")
     return parser
 
 

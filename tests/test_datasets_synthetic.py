@@ -16,8 +16,9 @@ from tests.dataset_trees import read
 pytestmark = requires_dassl
 
 DEFAULT_CLASSNAMES = [
-    "red circle", "green square", "blue triangle", "yellow ring", "red square",
-    "green triangle", "blue ring", "yellow circle", "red triangle", "green ring",
+    "red circle", "green square", "blue triangle", "yellow ring", "red square", "green triangle", "blue ring",
+    "yellow circle", "red triangle", "green ring", "blue circle", "yellow square", "red ring", "green circle",
+    "blue square", "yellow triangle",
 ]
 # SHA-256 of draw_image(label, index, 64)'s pixel bytes (not PNG bytes, which depend on zlib). They pin the
 # generator: when a change moves them, bump GENERATOR_VERSION so that old folders are refused, then update them.
@@ -53,26 +54,26 @@ def test_default_layout_split_and_class_names(tmp_path):
     folders = sorted(name.replace(" ", "_") for name in DEFAULT_CLASSNAMES)
     assert sorted(os.listdir(dataset_dir / "images")) == folders
     assert dataset.classnames == DEFAULT_CLASSNAMES
-    # 24 per class: round(12.0) = 12 train, round(4.8) = 5 val, 7 test
-    assert (len(dataset.train_x), len(dataset.val), len(dataset.test)) == (120, 50, 70)
+    # 40 per class: 20 train, 8 val, 12 test
+    assert (len(dataset.train_x), len(dataset.val), len(dataset.test)) == (320, 128, 192)
 
     with open(dataset_dir / "split_zhou_Synthetic.json") as file:
         split = json.load(file)
     green_square = {key: [row[0] for row in rows if row[1] == 1] for key, rows in split.items()}
     assert green_square == {
-        "train": [f"green_square/{index:04d}.png" for index in range(12)],
-        "val": [f"green_square/{index:04d}.png" for index in range(12, 17)],
-        "test": [f"green_square/{index:04d}.png" for index in range(17, 24)],
+        "train": [f"green_square/{index:04d}.png" for index in range(20)],
+        "val": [f"green_square/{index:04d}.png" for index in range(20, 28)],
+        "test": [f"green_square/{index:04d}.png" for index in range(28, 40)],
     }
-    assert split["test"][-1] == ["green_ring/0023.png", 9, "green ring"]
+    assert split["test"][-1] == ["yellow_triangle/0039.png", 15, "yellow triangle"]
     with Image.open(dataset.test[0].impath) as image:
         assert (image.size, image.mode) == ((64, 64), "RGB")
 
 
 def test_fewshot_cache_and_base_classes(tmp_path):
     dataset = read("Synthetic", tmp_path, shots=4, subsample="base")
-    assert dataset.classnames == DEFAULT_CLASSNAMES[:5]
-    assert (len(dataset.train_x), len(dataset.val), len(dataset.test)) == (20, 20, 35)
+    assert dataset.classnames == DEFAULT_CLASSNAMES[:8]
+    assert (len(dataset.train_x), len(dataset.val), len(dataset.test)) == (32, 32, 96)
     assert os.path.isfile(tmp_path / "synthetic" / "split_fewshot" / "shot_4-seed_1.pkl")
     again = read("Synthetic", tmp_path, shots=4, subsample="base", global_seed=7)
     assert [item.impath for item in again.train_x] == [item.impath for item in dataset.train_x]

@@ -46,8 +46,8 @@ def extend_cfg(cfg):
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new (base = first half of sorted labels)
 
     cfg.DATASET.SYNTHETIC = CN()
-    cfg.DATASET.SYNTHETIC.NUM_CLASSES = 10  # classes of the generated demo dataset (at most 16)
-    cfg.DATASET.SYNTHETIC.IMAGES_PER_CLASS = 24  # images drawn per class (split 50/20/30 %)
+    cfg.DATASET.SYNTHETIC.NUM_CLASSES = 16  # classes of the generated demo dataset (at most 16)
+    cfg.DATASET.SYNTHETIC.IMAGES_PER_CLASS = 40  # images drawn per class (split 50/20/30 %)
     cfg.DATASET.SYNTHETIC.IMAGE_SIZE = 64  # side of the generated square images, in pixels
 
     cfg.MODEL.TEXT_TRUNCATION = True  # run the causal text transformer only up to the last EOT
