@@ -41,6 +41,7 @@ DATASETS = (
     ("imagenet_sketch", "ImageNetSketch", "ImageNet-Sketch"),
     ("imagenet_a", "ImageNetA", "ImageNet-A"),
     ("imagenet_r", "ImageNetR", "ImageNet-R"),
+    ("synthetic", "Synthetic", "Synthetic"),  # the generated dataset of the demo and the tests
 )
 SOURCE_DATASET = "ImageNet"
 IMAGENET_VARIANTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
