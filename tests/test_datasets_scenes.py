@@ -21,7 +21,8 @@ def test_synthetic_images_show_their_scenes_where_named():
         for index in range(3):
             scene = synthetic.scene_of(label, index)
             assert (scene.colour, scene.shape) == (colour, shape)
-            rows, cols = np.nonzero(shape_pixels(synthetic.draw_image(label, index, 64), scenes.COLOURS[colour]))
+            faded_colour = 128 + synthetic.FADE * (np.array(scenes.COLOURS[colour]) - 128)
+            rows, cols = np.nonzero(shape_pixels(synthetic.draw_image(label, index, 64), faded_colour))
             x, y = scenes.POSITIONS[scene.position][0]
             assert abs(cols.mean() / 64 - x) < 0.11 and abs(rows.mean() / 64 - y) < 0.11, scene
 
