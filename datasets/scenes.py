@@ -2,10 +2,9 @@
 
 The attribute vocabulary (colour, shape, size, position, background), the drawing and the captions
 live here, apart from any Dassl reader, so the tiny-CLIP pretraining (scripts/pretrain_tiny_clip.py)
-and the Synthetic benchmark can share them. Synthetic's four colours and four shapes are drawn as
-datasets/synthetic.py draws them (same RGB values and proportions); its images are medium-sized
-shapes on a striped background, so every Synthetic class is a scene this module can draw.
-Importing this module is light: NumPy only.
+and the Synthetic benchmark share them: datasets/synthetic.py draws its images with draw_scenes (its
+classes are pairs of the first four colours and the first four shapes, each at a random size,
+position and background) and fades them. Importing this module is light: NumPy only.
 """
 from typing import NamedTuple
 
@@ -18,7 +17,7 @@ COLOURS = {
 }
 # Distinct under any rotation (a diamond would be a turned square); the first four are Synthetic's.
 SHAPES = ("circle", "square", "triangle", "ring", "star", "cross")
-# Circumradius as a fraction of the image side; "medium" is Synthetic's range.
+# Circumradius as a fraction of the image side.
 SIZES = {"small": (0.12, 0.16), "medium": (0.18, 0.26), "large": (0.28, 0.34)}
 # Anchor (x, y) from the top left, in fractions of the side, and how a caption says it.
 POSITIONS = {
@@ -34,7 +33,7 @@ POSITIONS = {
 }
 BACKGROUNDS = ("plain", "striped", "checkered", "dotted")
 POSITION_JITTER = 0.07  # so neighbouring positions never overlap: anchors are 0.22 apart
-COLOUR_JITTER = 20  # per channel, as Synthetic's
+COLOUR_JITTER = 20  # per channel
 # (colour, shape) pairs never drawn nor named in pretraining: zero-shot on them tests composition.
 # One per colour, none of Synthetic's 16 classes, each shape at most twice.
 HELD_OUT_COMBOS = (
@@ -128,7 +127,7 @@ def draw_scenes(scenes, rng, size):
 
 
 def _backgrounds(kinds, rng, x, y):
-    """(N, S, S) grey textures and (N, 3) tints: Synthetic's grey level, tint and noise, with a pattern of each kind."""
+    """(N, S, S) grey textures and (N, 3) tints: a grey level, a tint and noise, with a pattern of each kind."""
     count, side = len(kinds), x.shape[0]
     level = rng.uniform(80, 170, count).astype(np.float32)
     tint = rng.uniform(-8, 8, (count, 3)).astype(np.float32)
@@ -136,7 +135,7 @@ def _backgrounds(kinds, rng, x, y):
     frequency = rng.uniform(3, 8, count).astype(np.float32)
     angle = rng.uniform(0, np.pi, count).astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, (count, 2)).astype(np.float32)
-    # Uniform noise with Synthetic's standard deviation (6): Gaussian draws cost five times as much.
+    # Uniform noise of standard deviation 6: Gaussian draws cost five times as much.
     grey = (rng.random((count, side, side), dtype=np.float32) - 0.5) * np.float32(6 * np.sqrt(12))
     grey += level[:, None, None]
 
@@ -159,10 +158,7 @@ def _backgrounds(kinds, rng, x, y):
 
 
 def shape_mask(shape, u, v, radius):
-    """Pixels inside `shape` of circumradius about `radius`, in coordinates (u, v) about its centre.
-
-    Circle, ring, square and triangle have Synthetic's proportions.
-    """
+    """Pixels inside `shape` of circumradius about `radius`, in coordinates (u, v) about its centre."""
     squared = u * u + v * v
     if shape == "circle":
         return squared <= radius**2
