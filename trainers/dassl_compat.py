@@ -8,8 +8,10 @@ shows that each breakage is real without the fix and gone with it.
 2. The warm-up schedulers' `state_dict` holds the successor scheduler object (and through it the
    optimizer), so a checkpoint cannot be read back with `torch.load(weights_only=True)`. The
    successor is now saved as its own state dict.
-3. `load_checkpoint` calls `torch.load` without `weights_only`; it now always loads weights-only,
-   so opening a checkpoint never runs code from the file.
+3. `load_checkpoint` calls `torch.load` without `weights_only`; it now loads weights-only, so opening a
+   checkpoint never runs code from the file. Checkpoints of unpatched Dassl code (the reference
+   repositories') pickle their optimiser and scheduler objects: those are read through the allow-list of
+   `trainers/dassl_pickle.py`, which runs nothing from the file either.
 4. `TrainerBase.load_model` formats `val_result`, which is None for last-epoch checkpoints.
 5. `np.int` (removed in NumPy 1.24) in the AutoAugment and RandAugment transforms.
 6. Importing Dassl's WILDS readers calls `logging.disable(logging.WARNING)`, which silences every
@@ -24,6 +26,7 @@ shows that each breakage is real without the fix and gone with it.
 import logging
 import os.path as osp
 import pickle
+import re
 import sys
 import types
 import zipfile
@@ -42,6 +45,8 @@ import dassl.utils.torchtools as dassl_torchtools
 from dassl.data.transforms import autoaugment, randaugment
 from dassl.engine.trainer import TrainerBase
 from dassl.optim import lr_scheduler as dassl_lr_scheduler
+
+from . import dassl_pickle
 
 _WarmupScheduler = dassl_lr_scheduler._BaseWarmupScheduler
 
@@ -106,7 +111,8 @@ def _cut_short(fpath, damage):
 
 
 def load_checkpoint(fpath):
-    """Dassl's `load_checkpoint`, weights-only: tensors and plain containers, never code."""
+    """Dassl's `load_checkpoint`, weights-only: tensors and plain containers, never code. A checkpoint of
+    unpatched Dassl code goes through the allow-list of `dassl_pickle`, storages mapped to the CPU."""
     if not fpath:
         raise ValueError("Checkpoint path is empty")
     if not osp.exists(fpath):
@@ -116,6 +122,8 @@ def load_checkpoint(fpath):
         raise _cut_short(fpath, damage)
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
+        if dassl_pickle.written_by_unpatched_dassl(fpath):
+            return dassl_pickle.load_checkpoint(fpath)
         return torch.load(fpath, map_location=map_location, weights_only=True)
     except EOFError as error:  # only a legacy-format file gets here truncated
         raise _cut_short(fpath, "it ends early") from error
@@ -123,10 +131,16 @@ def load_checkpoint(fpath):
         raise CheckpointError(
             f'"{fpath}" contains pickled Python objects, which are not loaded because that could '
             "run code from the file. Checkpoints written by this project hold only tensors and "
-            "plain values; a checkpoint written by unpatched Dassl code stores its learning-rate "
-            "scheduler as an object. If you trust the file, re-save its 'state_dict' entry with "
-            "torch.save and load that."
+            "plain values, and those of unpatched Dassl code (CoOp, MaPLe, PromptSRC, PromptKD) also "
+            f"their optimiser and scheduler objects; this one holds another{_refused_global(error)}. If you "
+            "trust the file, re-save its 'state_dict' entry with torch.save and load that."
         ) from error
+
+
+def _refused_global(error):
+    """' (module.name)' of the global an unpickler refused, as torch's and dassl_pickle's errors name it."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return f" ({match[1]})" if match else ""
 
 
 def _load_model(self, directory, epoch=None):
