@@ -73,9 +73,13 @@ def test_test_transform_normalises_like_clip_and_like_training_regions(config_fi
     capsys.readouterr()  # Dassl prints every transform it builds
 
 
+NOT_A_TWIN = "# Not the ViT-B/32 twin of "  # first line of a vit_b32 config a reference defines otherwise
+
+
 def test_every_vit_b16_config_has_a_vit_b32_twin_differing_only_in_the_backbone():
-    """Protocol scripts map `--backbone ViT-B/32` to a config by replacing vit_b16 with vit_b32 in its name."""
-    problems, pairs = [], 0
+    """Protocol scripts map `--backbone ViT-B/32` to a config by replacing vit_b16 with vit_b32 in its name; a
+    vit_b32 config whose name a reference gave other values says so on its first line, and is no twin."""
+    problems, pairs, not_twins = [], 0, []
     for path in TRAINER_CONFIGS:
         name = os.path.basename(path)
         if "vit_b16" not in name:
@@ -84,6 +88,10 @@ def test_every_vit_b16_config_has_a_vit_b32_twin_differing_only_in_the_backbone(
         if not os.path.isfile(twin):
             problems.append(f"{relative(path)} has no ViT-B/32 twin {relative(twin)}")
             continue
+        with open(twin) as handle:
+            if handle.readline().startswith(NOT_A_TWIN + name):
+                not_twins.append(relative(twin))
+                continue
         pairs += 1
         b16, b32 = read_yaml(path), read_yaml(twin)
         backbones = (b16["MODEL"]["BACKBONE"].pop("NAME"), b32["MODEL"]["BACKBONE"].pop("NAME"))
@@ -92,6 +100,7 @@ def test_every_vit_b16_config_has_a_vit_b32_twin_differing_only_in_the_backbone(
         if b16 != b32:
             problems.append(f"{relative(path)} and {relative(twin)} differ in more than MODEL.BACKBONE.NAME")
     assert pairs and not problems, "\n".join(problems)
+    assert not_twins == ["configs/trainers/CoOp/vit_b32_ctxv1.yaml"]  # the official FDBPL code's CoOp config
 
 
 def test_official_preset_sets_the_official_codes_training_and_names_its_table():

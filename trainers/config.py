@@ -2,7 +2,8 @@
 
 `train.py` and `python -m ril` build their config through `setup_cfg`, so a table is made from
 exactly the image list that training reads. `setup_cfg` raises ValueError naming the file or
-override of any key it cannot take.
+override of any key it cannot take. The reference repositories' keys that this project spells
+otherwise or does not need are taken by every merge (trainers/reference_configs.py).
 """
 import difflib
 
@@ -11,6 +12,10 @@ from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
+
+from .reference_configs import (
+    MODAL_KEY, absent_node_error, apply_modal, check_trainer_exists, take_reference_key, take_reference_keys,
+)
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -96,7 +101,8 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.TEACHER_BACKBONE = "ViT-L/14"  # teacher CLIP: model name or checkpoint path
     cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""  # stage-1 PromptSRC output folder (or a published teacher folder
     # holding VLPromptLearner/); empty = zero-shot teacher with the dataset's template
-    cfg.TRAINER.PROMPTKD.TEACHER_EPOCH = 20  # teacher checkpoint epoch; 0 = model-best.pth.tar
+    cfg.TRAINER.PROMPTKD.TEACHER_EPOCH = 0  # teacher checkpoint epoch; 0 = model-best.pth.tar, which a published
+    # PromptKD teacher folder holds (scripts/promptkd.sh gives its stage-1 run's last epoch)
     cfg.TRAINER.PROMPTKD.TEACHER_CTX_INIT = "a photo of a"  # the teacher's CTX_INIT (sets its prompt words)
 
     # FDBPL: the FDBPL trainer's prompts, and the RIL supervision every *_FDBPL trainer shares.
@@ -153,13 +159,15 @@ def get_cfg():
 
 def setup_cfg(args):
     """Merge dataset config, method config, CLI flags and trailing opts, in CoOp's order."""
-    cfg = get_cfg()
+    check_trainer_exists(getattr(args, "trainer", ""), "--trainer")
+    cfg, switches = get_cfg(), {}
     for flag in ("dataset_config_file", "config_file"):
         path = getattr(args, flag, "")
         if path:
-            _merge_file(cfg, path, "--" + flag.replace("_", "-"))
+            merge_file(cfg, path, "--" + flag.replace("_", "-"), switches)
     _apply_flags(cfg, args)
-    _merge_opts(cfg, getattr(args, "opts", None) or [])
+    merge_opts(cfg, getattr(args, "opts", None) or [], switches)
+    apply_modal(cfg, *switches.get(MODAL_KEY, (None, None)))
     cfg.freeze()
     return cfg
 
@@ -177,6 +185,9 @@ def flat_keys(node, prefix=""):
 
 def _unknown_key_error(key, cfg, source):
     """Suggest keys of the same node with a close name first (RIL_PATH -> RIL_TABLE), then close keys anywhere."""
+    absent = absent_node_error(key, source)
+    if absent:
+        return absent
     declared = list(flat_keys(cfg))
     node, _, leaf = key.rpartition(".")
     siblings = [name.rpartition(".")[2] for name in declared if name.rpartition(".")[0] == node]
@@ -196,8 +207,9 @@ def _unknown_keys(loaded, node, prefix=""):
             yield from _unknown_keys(value, node[key], f"{full_key}.")
 
 
-def _merge_file(cfg, path, flag):
-    """Merge a YAML config file, read as UTF-8 whatever the locale (yacs would use the locale's encoding)."""
+def merge_file(cfg, path, flag, switches=None):
+    """Merge a YAML config file, read as UTF-8 whatever the locale (yacs would use the locale's encoding);
+    `switches` keeps PromptKD's TRAINER.MODAL for apply_modal."""
     source = f"{path} ({flag})"
     try:
         with open(path, encoding="utf-8") as handle:
@@ -209,17 +221,18 @@ def _merge_file(cfg, path, flag):
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
         raise ValueError(f"{source} holds a {type(loaded).__name__}, not a mapping of config keys")
+    take_reference_keys(loaded, source, {} if switches is None else switches)
     unknown = next(_unknown_keys(loaded, cfg), None)
     if unknown:
         raise _unknown_key_error(unknown, cfg, source)
     try:
         cfg.merge_from_other_cfg(CN(loaded))
-    except ValueError as error:  # yacs: a value of the wrong type
+    except (KeyError, ValueError, AssertionError) as error:  # yacs: a value of the wrong type, a leaf given a node
         raise ValueError(f"{source}: {error}") from error
 
 
-def _merge_opts(cfg, opts):
-    """Merge trailing KEY VALUE overrides, one pair at a time so an error names its pair."""
+def merge_opts(cfg, opts, switches=None):
+    """Merge trailing KEY VALUE overrides, one pair at a time so an error names its pair; `switches` as merge_file."""
     if len(opts) % 2:
         raise ValueError(
             f"config overrides come in KEY VALUE pairs, but {len(opts)} words were given "
@@ -228,11 +241,14 @@ def _merge_opts(cfg, opts):
     declared = flat_keys(cfg)
     for key, value in zip(opts[0::2], opts[1::2]):
         source = f"the override {key} {value}"
-        if key not in declared:
-            raise _unknown_key_error(key, cfg, source)
+        target = take_reference_key(key, value, source, {} if switches is None else switches)
+        if target is None:
+            continue
+        if target not in declared:
+            raise _unknown_key_error(target, cfg, source)
         try:
-            cfg.merge_from_list([key, value])
-        except ValueError as error:  # yacs: a value of the wrong type
+            cfg.merge_from_list([target, value])
+        except (KeyError, ValueError, AssertionError) as error:  # yacs: a value of the wrong type
             raise ValueError(f"{source}: {error}") from error
 
 
@@ -265,6 +281,7 @@ def _apply_flags(cfg, args):
 
 def check_registered(cfg):
     """Name an unknown TRAINER.NAME or DATASET.NAME with the closest valid one, before Dassl fails."""
+    check_trainer_exists(cfg.TRAINER.NAME, "TRAINER.NAME")
     for key, value, registry, package in (
         ("TRAINER.NAME (--trainer)", cfg.TRAINER.NAME, TRAINER_REGISTRY, "trainers"),
         ("DATASET.NAME (from --dataset-config-file)", cfg.DATASET.NAME, DATASET_REGISTRY, "datasets"),

@@ -323,12 +323,25 @@ method_config() {
     [ -f "$file" ] || die "--backbone $BACKBONE puts every trainer on $BACKBONE, but ${TRAINERS[i]}'s config" \
       "'$cfg' has no $BACKBONE twin: ${file#"$REPO_ROOT"/} does not exist. Add it (the same config with" \
       "MODEL.BACKBONE.NAME \"$BACKBONE\"), pass another --cfg, or leave out --backbone"
+    not_twin "$i" "$cfg" "$twin" "$file"
     cfg="$twin"
   elif [ -n "${BACKBONE:-}" ]; then
     CFG_BACKBONES[i]="$BACKBONE"
   fi
   CFG_FILES[i]="$(config_file "${TRAINERS[i]}" "$dir" "$cfg")"
   CFG_NAMES[i]="$(stem "$cfg")${CFG_BACKBONES[i]:+_$(checkpoint_tag "$BACKBONE")}"
+}
+
+# not_twin I CFG TWIN TWIN_FILE: stop when CFG and its twin by name differ in more than the backbone, which
+# the first line of the vit_b32 one says ("# Not the ViT-B/32 twin of ...": a reference defines that name).
+not_twin() {
+  local cfg="$2" twin="$3" file="$4" own note
+  [ "$twin" != "$cfg" ] || return 0
+  if [[ "$cfg" == *.yaml ]]; then own="$cfg"; else own="$REPO_ROOT/configs/trainers/${TRAINERS[$1]}/$cfg.yaml"; fi
+  note="$(head -n 1 "$file" "$own" 2>/dev/null | grep -m 1 '^# Not the ViT-B/32 twin' || true)"
+  [ -z "$note" ] || die "--backbone $BACKBONE would replace ${TRAINERS[$1]}'s config '$cfg' by '$twin', but one" \
+    "of them says: ${note#\# } Name the config you mean without --backbone, or keep '$cfg' and give the" \
+    "backbone as -- MODEL.BACKBONE.NAME $BACKBONE"
 }
 
 # backbone_slug NAME: vit_b16 or vit_b32, the config-name form of ViT-B/16 and ViT-B/32; else nothing.
