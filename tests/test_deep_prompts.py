@@ -15,7 +15,6 @@ from trainers.deep_prompts import (
     LayerPrompts,
     MaPLePrompts,
     PromptSource,
-    ivlp_state_from_published,
 )
 from trainers.text_encoder import encode_texts
 
@@ -310,21 +309,6 @@ def test_fp16_clip_runs_prompted_and_trains_the_prompts(image):
     logits.float().sum().backward()
     assert learner.ctx.grad.dtype == torch.float16
     assert learner.vision_prompts(1).grad.dtype == torch.float32
-
-
-def test_published_ivlp_checkpoint_keys_map_onto_ivlp_prompts():
-    learner = IVLPPrompts(build_clip(), CLASSNAMES, depth_text=2, depth_vision=2)
-    values = {key: torch.randn_like(value) for key, value in learner.state_dict().items()}
-    published = {
-        "prompt_learner.ctx": values["ctx"],
-        "prompt_learner.token_prefix": torch.zeros(3, 1, TEXT_WIDTH),
-        "image_encoder.VPT": values["vision_prompts.layer.0"],
-        "image_encoder.transformer.resblocks.1.VPT_shallow": values["vision_prompts.layer.1"],
-        "image_encoder.transformer.resblocks.1.attn.in_proj_weight": torch.zeros(1),
-        "text_encoder.transformer.resblocks.1.VPT_shallow": values["text_prompts.layer.1"],
-    }
-    learner.load_state_dict(ivlp_state_from_published(published))
-    assert all(torch.equal(learner.state_dict()[key], value) for key, value in values.items())
 
 
 def test_clear_errors():

@@ -53,7 +53,7 @@ def test_published_teacher_folder_gives_a_prompted_teacher(tiny_teacher, tmp_pat
         "image_encoder.VPT": torch.randn(4, 128),
         "image_encoder.transformer.resblocks.1.VPT_shallow": torch.randn(4, 128),
         "text_encoder.transformer.resblocks.1.VPT_shallow": torch.randn(4, 128),
-        "image_encoder.conv1.weight": torch.randn(128, 3, 16, 16),
+        "image_encoder.conv1.weight": load_clip(tiny_teacher).visual.conv1.weight.half(),  # frozen: checked
     }
     (tmp_path / "VLPromptLearner").mkdir()
     torch.save({"state_dict": state, "epoch": 20}, tmp_path / "VLPromptLearner" / "model-best.pth.tar")

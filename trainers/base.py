@@ -14,6 +14,7 @@ from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from . import dassl_compat
+from .checkpoint_import import check_frozen_weights, published_layout
 from .checkpoints import (
     latest_common_epoch, prune_epochs, rng_state, set_rng_state, write_checkpoint, write_marker,
 )
@@ -230,9 +231,14 @@ def checkpoint_path(directory, name, epoch):
 
 
 def load_prompt_checkpoints(trainer, directory, epoch=None):
-    """Load every registered module, dropping class-name buffers and naming any shape mismatch."""
+    """Load every registered module from this project's model folders, or from the folder of the reference
+    code's whole-model checkpoint (trainers/checkpoint_import.py); class-name buffers are dropped."""
     if not directory:
         print("No --model-dir given: evaluating the model as built (e.g. zero-shot CLIP)")
+        return
+    layout = published_layout(type(trainer).__name__, directory, trainer.get_model_names())
+    if layout is not None:
+        load_published_checkpoint(trainer, directory, epoch, layout)
         return
     for name in trainer.get_model_names():
         path = checkpoint_path(directory, name, epoch)
@@ -242,15 +248,46 @@ def load_prompt_checkpoints(trainer, directory, epoch=None):
             key: value for key, value in checkpoint["state_dict"].items()
             if key.rsplit(".", 1)[-1] not in CLASS_NAME_BUFFERS
         }
-        module = trainer._models[name]
-        expected = module.state_dict()
-        for key, value in state_dict.items():
-            if key in expected and expected[key].shape != value.shape:
-                raise ValueError(
-                    f"{path}: '{key}' has shape {tuple(value.shape)} but this run's model expects "
-                    f"{tuple(expected[key].shape)}. The checkpoint was trained with another backbone "
-                    f"or prompt setting (this run: MODEL.BACKBONE.NAME={trainer.cfg.MODEL.BACKBONE.NAME!r}); "
-                    "evaluate with the config it was trained with."
-                )
-        module.load_state_dict(state_dict)
+        load_module_state(trainer, name, state_dict, path)
         print(f"Loaded {path} into '{name}' (epoch {checkpoint['epoch']})")
+
+
+def load_published_checkpoint(trainer, directory, epoch, layout):
+    """The prompts of a reference checkpoint into their modules, after its frozen weights are checked against
+    the run's CLIP. Registered modules the layout has no counterpart of (`layout.unused`) stay as built."""
+    path = checkpoint_path(directory, layout.folder, epoch)
+    checkpoint = dassl_compat.load_checkpoint(path)
+    prompts, frozen = layout.sort(checkpoint["state_dict"], path)
+    setting = f"MODEL.BACKBONE.NAME (--backbone) is {trainer.cfg.MODEL.BACKBONE.NAME!r}"
+    check_frozen_weights(trainer.clip_model, frozen, path, setting)
+    absent = [name for name in trainer.get_model_names() if name not in prompts and name not in layout.unused]
+    if absent:
+        raise ValueError(f"{path} ({layout.method}'s layout) holds nothing for this run's {', '.join(absent)}")
+    for name, state_dict in prompts.items():
+        load_module_state(trainer, name, state_dict, path)
+    print(f"Loaded {path} ({layout.method}'s layout) into {', '.join(map(repr, prompts))} "
+          f"(epoch {checkpoint['epoch']}; frozen CLIP weights checked, not loaded)")
+
+
+def load_module_state(trainer, name, state_dict, path):
+    """Load `state_dict` into the registered module `name`, naming any key or shape that does not fit."""
+    module = trainer._models[name]
+    expected = module.state_dict()
+    for key, value in state_dict.items():
+        if key in expected and expected[key].shape != value.shape:
+            raise ValueError(
+                f"{path}: '{key}' has shape {tuple(value.shape)} but this run's model expects "
+                f"{tuple(expected[key].shape)}. The checkpoint was trained with another backbone "
+                f"or prompt setting (this run: MODEL.BACKBONE.NAME={trainer.cfg.MODEL.BACKBONE.NAME!r}); "
+                "evaluate with the config it was trained with."
+            )
+    extra, missing = sorted(state_dict.keys() - expected.keys()), sorted(expected.keys() - state_dict.keys())
+    if extra or missing:
+        found = [f"{kind} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for kind, keys in (("holds", extra), ("lacks", missing)) if keys]
+        raise ValueError(
+            f"{path}: for this run's '{name}' it {' and '.join(found)}. It was trained with another method or "
+            f"prompt setting (depth, tokens, projector) than this run's {type(trainer).__name__} config; evaluate "
+            "it with the trainer and config it was trained with."
+        )
+    module.load_state_dict(state_dict)

@@ -289,17 +289,3 @@ class DeepPromptedCLIP(PromptedCLIP):
         """Plain CLIP towers with the same weights: PromptSRC's frozen features, template text features."""
         return self.injector.disabled()
 
-
-def ivlp_state_from_published(state_dict):
-    """IVLPPrompts state dict from a published IVLP / PromptSRC checkpoint (whole-model keys)."""
-    towers = {"image_encoder": "vision_prompts", "text_encoder": "text_prompts"}
-    prompts = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if key == "prompt_learner.ctx":
-            prompts["ctx"] = value
-        elif key == "image_encoder.VPT":
-            prompts["vision_prompts.layer.0"] = value
-        elif parts[0] in towers and parts[1:3] == ["transformer", "resblocks"] and parts[-1] == "VPT_shallow":
-            prompts[f"{towers[parts[0]]}.layer.{parts[3]}"] = value
-    return prompts

@@ -3,10 +3,12 @@
 The teacher is the RIL precompute's (`ril.teachers`: an OpenAI CLIP by name or checkpoint, or an
 open_clip model), so online and offline supervision score alike. Its class text features are
 computed once per run, from templates (zero-shot) or from the IVLP prompts of a PromptSRC run
-(PromptKD's stage-1 teacher; OpenAI CLIP only), read weights-only from this project's run folder
-(`prompt_learner/`) or a published PromptSRC / PromptKD teacher folder (`VLPromptLearner/`), whose
-prompt layout (tokens, depths) comes from the checkpoint itself. Images arrive in the student's
-normalisation and size and are re-normalised and resized for the teacher.
+(PromptKD's stage-1 teacher; OpenAI CLIP only), read without running code from the file, from this
+project's run folder (`prompt_learner/`) or a published PromptSRC / PromptKD teacher folder
+(`VLPromptLearner/`, in PromptSRC's layout of trainers/checkpoint_import.py: its frozen CLIP weights
+are checked against the teacher's). The prompt layout (tokens, depths) comes from the checkpoint
+itself. Images arrive in the student's normalisation and size and are re-normalised and resized for
+the teacher.
 """
 import os.path as osp
 
@@ -19,17 +21,18 @@ from ril.templates import resolve_templates
 
 from . import dassl_compat
 from .base import CLASS_NAME_BUFFERS, checkpoint_path
-from .deep_prompts import DeepPromptedCLIP, IVLPPrompts, ivlp_state_from_published
+from .checkpoint_import import PROMPTSRC, check_frozen_weights
+from .deep_prompts import DeepPromptedCLIP, IVLPPrompts
 
-# Folder of the prompt checkpoint in a teacher run -> converter to IVLPPrompts keys (None: already them).
-PROMPT_FOLDERS = {"prompt_learner": None, "VLPromptLearner": ivlp_state_from_published}
+OWN_FOLDER = "prompt_learner"  # a PromptSRC run of train.py; else a published teacher in PROMPTSRC's layout
 
 
 def teacher_checkpoint(directory, epoch=None):
-    """(path, folder) of the prompt checkpoint of a teacher run; epoch None = model-best.pth.tar."""
-    for folder in PROMPT_FOLDERS:
+    """(path, layout) of the prompt checkpoint of a teacher run: layout None for this project's own run,
+    PROMPTSRC for a published teacher; epoch None = model-best.pth.tar."""
+    for folder, layout in ((OWN_FOLDER, None), (PROMPTSRC.folder, PROMPTSRC)):
         if osp.isdir(osp.join(directory, folder)):
-            return checkpoint_path(directory, folder, epoch), folder
+            return checkpoint_path(directory, folder, epoch), layout
     raise FileNotFoundError(
         f"Teacher folder {directory!r} holds neither prompt_learner/ (a PromptSRC run of train.py) nor "
         "VLPromptLearner/ (a published PromptKD teacher): give the stage-1 output folder, or no folder "
@@ -37,13 +40,16 @@ def teacher_checkpoint(directory, epoch=None):
     )
 
 
-def read_teacher_prompts(directory, epoch=None):
-    """(IVLPPrompts state dict, checkpoint path) of a teacher run, read weights-only."""
-    path, folder = teacher_checkpoint(directory, epoch)
+def read_teacher_prompts(directory, epoch=None, clip_model=None, spec=""):
+    """(IVLPPrompts state dict, checkpoint path) of a teacher run. A published teacher's frozen CLIP weights
+    are checked against `clip_model`, the teacher CLIP (`spec`), when given."""
+    path, layout = teacher_checkpoint(directory, epoch)
     state = dassl_compat.load_checkpoint(path)["state_dict"]
-    convert = PROMPT_FOLDERS[folder]
-    if convert is not None:
-        state = convert(state)
+    if layout is not None:
+        prompts, frozen = layout.sort(state, path)
+        state = prompts.get(OWN_FOLDER, {})
+        if clip_model is not None:
+            check_frozen_weights(clip_model, frozen, path, f"teacher CLIP is {spec!r}")
     state = {key: value for key, value in state.items() if key.rsplit(".", 1)[-1] not in CLASS_NAME_BUFFERS}
     if "ctx" not in state:
         raise ValueError(f"{path} holds no IVLP text context ('ctx'): it is not a PromptSRC / IVLP checkpoint")
@@ -113,7 +119,7 @@ def load_online_teacher(spec, classnames, pixel_mean, pixel_std, device="cpu", t
     if prompt_dir:
         if not isinstance(frozen.model, CLIP):
             raise ValueError(f"Teacher prompts from {prompt_dir} need an OpenAI CLIP teacher, not {spec!r}")
-        state, path = read_teacher_prompts(prompt_dir, epoch)
+        state, path = read_teacher_prompts(prompt_dir, epoch, frozen.model, spec)
         learner = ivlp_prompts_from_state(frozen.model, classnames, state, ctx_init, path).to(frozen.device)
         prompted = DeepPromptedCLIP(frozen.model, learner, truncate).requires_grad_(False).eval()
         print(f"Teacher prompts: {path}")

@@ -12,7 +12,8 @@ TRANSDUCTIVE (published) trains on the unlabelled training images of ALL classes
 DATASET.SUBSAMPLE_CLASSES is, with logits over all classes; without it, on the run's own training
 split (base images in base-to-new, logits over those classes), for a fair comparison with FDBPL.
 Labels are never read. Evaluation takes the stored rows of its classes (base: the first rows, new:
-the last, checked by name); it needs the student checkpoints and the stored features, no teacher.
+the last, checked by name); it needs the student checkpoints and the stored features, no teacher. A
+student of the published code (VLPromptLearner/) stores no features: its teacher computes them, as there.
 """
 import os
 import os.path as osp
@@ -26,6 +27,7 @@ from dassl.data.transforms import build_transform
 from dassl.engine import TRAINER_REGISTRY
 
 from .base import PromptTrainer
+from .checkpoint_import import published_layout
 from .deep_prompts import DeepPromptInjector, LayerPrompts, check_depth, tower_widths
 from .losses import distillation_kl
 from .online_teacher import load_online_teacher, teacher_checkpoint
@@ -206,14 +208,31 @@ class PromptKD(PromptTrainer):
         return {"loss": loss.item(), "kd": kd.item(), "agree": agree}
 
     def load_model(self, directory, epoch=None):
-        """A trained student: its checkpoints and the teacher text features stored beside them."""
+        """A trained student: its checkpoints and the teacher text features stored beside them, or computed
+        from the teacher for a student of the published code, which stores none."""
         if not directory:
             raise ValueError(
                 "PromptKD evaluates a trained student with the teacher text features its training run stored: "
                 "pass --model-dir with the output folder of that run"
             )
-        self.use_text_features(*load_text_features(directory))
+        published = published_layout(type(self).__name__, directory, self.get_model_names())
+        if published and not osp.isfile(osp.join(directory, TEXT_FEATURES_FILE)):
+            self.use_teacher_text_features(directory)
+        else:
+            self.use_text_features(*load_text_features(directory))
         super().load_model(directory, epoch)
+
+    def use_teacher_text_features(self, directory):
+        """The teacher's class text features of all classes, as the published code computes them at test time."""
+        if not self.method_cfg.TEACHER_BACKBONE:
+            raise ValueError(
+                f"{directory} holds a student of the published PromptKD code, which stores no teacher text "
+                "features: set TRAINER.PROMPTKD.TEACHER_BACKBONE (and TEACHER_DIR, its teacher folder) to the "
+                "teacher it was distilled from"
+            )
+        data = self.all_classes_dataset()
+        teacher, _ = self.load_teacher(data.classnames)
+        self.use_text_features(teacher.class_features, data.classnames)
 
     def model_inference(self, image):
         return self.model.logits(self.model(image), self.eval_text)
