@@ -64,9 +64,9 @@ PAIR_NAMES = [scenes.combo_name(*combo) for combo in scenes.ALL_COMBOS]
 # slower, and a 128-wide text tower added no accuracy for as much time as the image tower takes.
 PRESETS = {
     "student": {"embed_dim": 64, "width": 64, "layers": 2, "text_width": 64, "text_layers": 2,
-                "steps": 400, "batch_size": 128, "lr": 2e-3},
+                "steps": 1000, "batch_size": 128, "lr": 2e-3},
     "teacher": {"embed_dim": 128, "width": 128, "layers": 2, "text_width": 64, "text_layers": 2,
-                "steps": 800, "batch_size": 128, "lr": 1e-3},
+                "steps": 1500, "batch_size": 128, "lr": 1e-3},
 }
 
 

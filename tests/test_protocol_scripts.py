@@ -190,9 +190,27 @@ def test_few_shot_trains_once_per_shots_and_tabulates_them(data_root, tiny_stude
     assert "DATASET.NUM_SHOTS 2 DATASET.SUBSAMPLE_CLASSES all" in open(runs[1] / "finished.txt").read()
 
 
+def test_demo_dry_run_pretrains_tiny_clips_once_and_uses_the_demo_configs(tmp_path):
+    out = tmp_path / "demo"
+    result = run_protocol("base2new.sh", "--out", str(out), "--dry-run")
+    assert "tiny CLIPs pretrained here" in result.stdout
+    lines = commands(result.stdout)
+    pretrain, student = os.path.join(SCRIPTS, "pretrain_tiny_clip.py"), str(out / "pretrained" / "student.pt")
+    assert lines[0] == [sys.executable, pretrain, "--preset", "student", "--out", student]
+    assert lines[1] == [sys.executable, pretrain, "--preset", "teacher", "--out", str(out / "pretrained" / "teacher.pt")]
+    tag = "_" + checkpoint_tag(student)
+    coop = [line for line in lines if "CoOp" in line]
+    assert os.path.join(REPO_ROOT, "configs", "trainers", "CoOp", "tiny_ep10.yaml") in coop[0]
+    assert str(out / "base2new" / "train_base" / "synthetic" / "shots_16" / "CoOp" / ("tiny_ep10" + tag) / "seed1") in coop[0]
+    assert coop[1][coop[1].index("--load-epoch") + 1] == "10"
+    assert not out.exists()
+    random_data = run_protocol("base2new.sh", "--data", str(tmp_path), "--random-clip", "--dry-run", check=False)
+    assert random_data.returncode == 2 and "--random-clip applies to the demo only" in random_data.stderr
+
+
 def test_demo_dry_run_prints_the_demo_commands(tmp_path):
     out = tmp_path / "demo"
-    result = run_protocol("base2new.sh", "--out", str(out), "--nproc", "2", "--dry-run")
+    result = run_protocol("base2new.sh", "--out", str(out), "--nproc", "2", "--random-clip", "--dry-run")
     assert "random tiny CLIP" in result.stdout
     lines = commands(result.stdout)
     python, student, teacher = sys.executable, str(out / "tiny_clip" / "student.pt"), str(out / "tiny_clip" / "teacher.pt")

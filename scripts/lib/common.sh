@@ -236,7 +236,7 @@ cfg_table_entry() {
 default_cfg() {
   local cfg
   if [ "${DEMO:-0}" = 1 ]; then
-    if needs_training "$1"; then echo tiny_ep2; else echo tiny; fi
+    if needs_training "$1"; then echo "${DEMO_CFG:-tiny_ep10}"; else echo tiny; fi
     return 0
   fi
   cfg="$(cfg_table_entry "$1")"
