@@ -60,8 +60,8 @@ def dassl_optim_cfg():
     return cfg.OPTIM
 
 
-def save_as_reference(directory, folder, state, trainable, **extra):
-    """Save `state` as the reference's Dassl trainer does after EPOCH epochs (plus `extra` entries). Its
+def save_as_reference(directory, folder, state, trainable, epoch=EPOCH, optim_cfg=None, **extra):
+    """Save `state` as the reference's Dassl trainer does after `epoch` epochs (plus `extra` entries). Its
     optimiser covers every parameter of `state` (MaPLe, PromptSRC, PromptKD: `build_optimizer(self.model)`)
     and has stepped, so it holds momentum buffers."""
     from dassl.optim import build_lr_scheduler, build_optimizer
@@ -69,9 +69,10 @@ def save_as_reference(directory, folder, state, trainable, **extra):
     from torch.optim.lr_scheduler import LRScheduler
 
     model = module_tree(state, trainable)
-    optim = build_optimizer(model, dassl_optim_cfg())
-    sched = build_lr_scheduler(optim, dassl_optim_cfg())
-    for _ in range(EPOCH):
+    optim_cfg = optim_cfg or dassl_optim_cfg()
+    optim = build_optimizer(model, optim_cfg)
+    sched = build_lr_scheduler(optim, optim_cfg)
+    for _ in range(epoch):
         for name, param in model.named_parameters():
             param.grad = torch.randn_like(param) if name in trainable else None
         optim.step()
@@ -80,12 +81,12 @@ def save_as_reference(directory, folder, state, trainable, **extra):
         for name, param in model.named_parameters():
             param.copy_(state[name])
     save_checkpoint(
-        {"state_dict": model.state_dict(), "epoch": EPOCH, "optimizer": optim.state_dict(),
+        {"state_dict": model.state_dict(), "epoch": epoch, "optimizer": optim.state_dict(),
          "scheduler": LRScheduler.state_dict(sched),  # unpatched Dassl: the successor scheduler as an object
          "val_result": None, **extra},
         os.path.join(directory, folder),
     )
-    return os.path.join(directory, folder, f"model.pth.tar-{EPOCH}")
+    return os.path.join(directory, folder, f"model.pth.tar-{epoch}")
 
 
 @contextmanager
@@ -357,6 +358,48 @@ def test_published_teacher_of_another_clip_is_named(published_teacher, tiny_stud
                                          r"has shape .*\(this run's teacher CLIP is 'student\.pt'\)"):
         read_teacher_prompts(str(published_teacher), 2, load_clip(tiny_student), "student.pt")
 
+
+
+def test_a_coop_run_of_the_reference_code_resumes_with_its_momentum_and_schedule(
+        synthetic_root, tiny_student, tmp_path):
+    from trainers import dassl_pickle
+
+    source = build(synthetic_root, "CoOp", tiny_student, tmp_path / "source")
+    randomise_prompts(source)
+    state, trainable = coop_state(source)
+    reference = tmp_path / "coop"
+    path = save_as_reference(reference, "prompt_learner", state, trainable, epoch=1, optim_cfg=source.cfg.OPTIM)
+    written = dassl_pickle.load_checkpoint(path)
+
+    resumed = build(synthetic_root, "CoOp", tiny_student, tmp_path / "resumed")
+    assert resumed.resume_model_if_exist(str(reference)) == 1
+    assert torch.equal(resumed.model.prompt_learner.ctx, state["ctx"])
+    momentum = resumed._optims["prompt_learner"].state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, written["optimizer"]["state"][0]["momentum_buffer"])
+    schedule = resumed._scheds["prompt_learner"]
+    assert (schedule.last_epoch, schedule.successor.last_epoch) == (1, written["scheduler"]["successor"].state[
+        "last_epoch"])
+    assert schedule.get_last_lr() == written["scheduler"]["_last_lr"] != [source.cfg.OPTIM.WARMUP_CONS_LR]
+
+    args = train_args(synthetic_root, tmp_path / "out", "CoOp", tiny_student)
+    result = run_script("train.py", *args, "--resume", str(reference), *BASE_OPTS)
+    assert "a run of the reference code" in result.stdout
+    assert "Found checkpoints of epoch 1" in (tmp_path / "out" / "log.txt").read_text()
+    assert (tmp_path / "out" / "prompt_learner" / "model.pth.tar-2").is_file() and os.path.isfile(path)
+
+    in_place = train_args(synthetic_root, reference, "CoOp", tiny_student)  # its files would be pruned
+    refused = subprocess.run([sys.executable, "train.py", *in_place, *BASE_OPTS], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert refused.returncode == 2 and "but no run_config.yaml" in refused.stderr
+
+
+def test_whole_model_runs_of_the_reference_code_are_not_resumed(synthetic_root, tiny_student, tmp_path):
+    trainer = build(synthetic_root, "MaPLe", tiny_student, tmp_path / "source")
+    state, trainable = maple_state(trainer)
+    save_as_reference(tmp_path / "maple", "MultiModalPromptLearner", state, trainable, epoch=1)
+    with pytest.raises(ValueError, match=r"holds a MaPLe run of the reference code \(MultiModalPromptLearner/\), "
+                                         r"which is not resumed here"):
+        trainer.resume_model_if_exist(str(tmp_path / "maple"))
 
 # Refusals ----------------------------------------------------------------------------------------------------
 

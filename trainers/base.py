@@ -19,6 +19,7 @@ from .checkpoints import (
     latest_common_epoch, prune_epochs, rng_state, set_rng_state, write_checkpoint, write_marker,
 )
 from .clip_loading import load_clip, resolve_precision
+from .dassl_pickle import scheduler_state
 from .run_record import backbone_identity, same_backbone
 from .text_encoder import TextEncoder
 
@@ -155,23 +156,35 @@ class PromptTrainer(TrainerX):
 
     def resume_model_if_exist(self, directory):
         """Load the newest epoch every model folder holds, with its optimiser and schedule; its training
-        state is restored at the end of `before_train`. Returns the epoch to start from."""
+        state is restored at the end of `before_train`. Returns the epoch to start from. A CoOp run of the
+        reference code resumes too (its pickled scheduler read as a state); whole-model ones are refused."""
         names = self.get_model_names()
+        layout = published_layout(type(self).__name__, directory, names)
+        if layout is not None:
+            raise ValueError(
+                f"{directory} holds a {layout.method} run of the reference code ({layout.folder}/), which is not "
+                "resumed here: its optimiser state covers the whole CLIP by position (and PromptSRC's file lacks "
+                "the running prompt average). Evaluate it with --eval-only, or train anew"
+            )
         epoch = latest_common_epoch(directory, names)
         if epoch is None:
             print("No checkpoint found, train from scratch")
             return 0
         print(f"Found checkpoints of epoch {epoch} in {directory}: resuming training after it")
         for name in names:
-            checkpoint = dassl_compat.load_checkpoint(osp.join(directory, name, f"model.pth.tar-{epoch}"))
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+            path = osp.join(directory, name, f"model.pth.tar-{epoch}")
+            checkpoint = dassl_compat.load_checkpoint(path)
+            state_dict = {key: value for key, value in checkpoint["state_dict"].items()
+                          if key.rsplit(".", 1)[-1] not in CLASS_NAME_BUFFERS}  # CoOp's saves them
+            load_module_state(self, name, state_dict, path)
             for part, state in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
                 if part is not None and checkpoint[state] is not None:
-                    part.load_state_dict(checkpoint[state])
+                    part.load_state_dict(scheduler_state(checkpoint[state]) if state == "scheduler"
+                                         else checkpoint[state])
         self.resumed_state = checkpoint.get("training_state")
         if self.resumed_state is None:
-            print("The checkpoints hold no random states (an older version wrote them): the resumed epochs "
-                  "draw other batches than an uninterrupted run would")
+            print("The checkpoints hold no random states (an older version or the reference code wrote them): the "
+                  "resumed epochs draw other batches than an uninterrupted run would")
         return epoch
 
     def parse_batch_train(self, batch):

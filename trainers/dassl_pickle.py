@@ -115,3 +115,12 @@ def written_by_unpatched_dassl(path):
 def load_checkpoint(path):
     """The checkpoint at `path` through the allow-list, storages on the CPU; UnpicklingError on any other global."""
     return torch.load(path, map_location="cpu", pickle_module=sys.modules[__name__], weights_only=False)
+
+
+def scheduler_state(state):
+    """A scheduler state as the patched warm-up schedulers load it: unpatched Dassl's successor object becomes
+    its state dict, without the optimiser object (the optimiser's own state is the checkpoint's "optimizer")."""
+    successor = state.get("successor")
+    if isinstance(successor, PickledObject):
+        return {**state, "successor": {key: value for key, value in successor.state.items() if key != "optimizer"}}
+    return state

@@ -6,7 +6,8 @@ RIL table's fingerprint. An --eval-only run writes `eval_config.yaml` the same w
 once the folder holds a checkpoint:
 
 - resuming (automatically into OUTPUT_DIR, or from --resume) must match it in every key except
-  RUN_ONLY_KEYS, in the backbone and in the table;
+  RUN_ONLY_KEYS, in the backbone and in the table; only a run of the reference code (CoOp's Dassl
+  checkpoints), given to --resume, is resumed without a record;
 - --eval-only must match its --model-dir's record in MODEL_KEYS except TRAINING_ONLY_KEYS, and in
   the backbone (trainers/config.py declares these key groups).
 
@@ -23,8 +24,9 @@ from datasets.common import atomic_write
 from ril.format import BOOKKEEPING_FIELDS
 from ril.probe import load_layout
 
-from .checkpoints import EPOCH_FILE, MARKER
+from .checkpoints import EPOCH_FILE, MARKER, saved_epochs
 from .clip_loading import backbone_id
+from .dassl_pickle import written_by_unpatched_dassl
 from .config import IDENTITY_KEYS, MODEL_KEYS, RUN_ONLY_KEYS, TRAINING_ONLY_KEYS, flat_keys
 
 RECORD_FILE = "run_config.yaml"
@@ -157,6 +159,17 @@ def model_folders(directory):
     )
 
 
+def reference_run_to_resume(directory, cfg, folders):
+    """Whether `directory` is --resume's (not OUTPUT_DIR, where this run's pruning would delete its files) and
+    the newest checkpoint of every model folder was written by unpatched Dassl code: a reference repository's."""
+    if os.path.realpath(directory) != os.path.realpath(cfg.RESUME or "") or \
+            os.path.realpath(directory) == os.path.realpath(cfg.OUTPUT_DIR):
+        return False
+    newest = [max(saved_epochs(os.path.join(directory, folder)), default=None) for folder in folders]
+    return all(epoch is not None and written_by_unpatched_dassl(
+        os.path.join(directory, folder, f"model.pth.tar-{epoch}")) for folder, epoch in zip(folders, newest))
+
+
 def check_resumable(directory, cfg, identity):
     """Refuse to continue (or report) the run in `directory` when its record differs from this run."""
     folders = model_folders(directory)
@@ -164,6 +177,10 @@ def check_resumable(directory, cfg, identity):
         return
     record = read_record(directory)
     if record is None:
+        if reference_run_to_resume(directory, cfg, folders):
+            print(f"--resume {directory}: a run of the reference code (its checkpoints pickle Dassl's optimiser and "
+                  "scheduler objects), which records no settings: they are not checked")
+            return
         raise ValueError(
             f"{directory} holds checkpoints ({', '.join(folders)}) but no {RECORD_FILE}, so the settings they "
             "were trained with cannot be checked (a run of an older version or of other code). Pass --fresh "
