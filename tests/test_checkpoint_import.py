@@ -433,6 +433,9 @@ def test_checkpoint_of_another_method_or_setting_is_named(synthetic_root, tiny_s
     promptsrc = build(synthetic_root, "PromptSRC", tiny_student, tmp_path / "promptsrc")
     state, trainable = promptsrc_state(promptsrc)
     save_as_reference(tmp_path / "src", "VLPromptLearner", state, trainable)
+    with pytest.raises(FileNotFoundError, match=r"No 'prompt_learner' folder in .*src, which holds VLPromptLearner/ "
+                                                r"\(PromptSRC, PromptKD\) of the reference code: CoOp does not read"):
+        coop.load_model(str(tmp_path / "src"), epoch=EPOCH)
     promptkd = build(synthetic_root, "PromptKD", tiny_student, tmp_path / "promptkd",
                      "TRAINER.PROMPTKD.TEACHER_BACKBONE", tiny_student)
     with pytest.raises(ValueError, match=r"holds 'prompt_learner\.\w+', which a PromptKD checkpoint "

@@ -14,7 +14,7 @@ from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 from . import dassl_compat
-from .checkpoint_import import check_frozen_weights, published_layout
+from .checkpoint_import import check_frozen_weights, published_layout, reference_folders
 from .checkpoints import (
     latest_common_epoch, prune_epochs, rng_state, set_rng_state, write_checkpoint, write_marker,
 )
@@ -253,7 +253,13 @@ def load_prompt_checkpoints(trainer, directory, epoch=None):
     if layout is not None:
         load_published_checkpoint(trainer, directory, epoch, layout)
         return
+    others = reference_folders(directory)
     for name in trainer.get_model_names():
+        if others and not osp.isdir(osp.join(directory, name)):
+            raise FileNotFoundError(
+                f"No '{name}' folder in {directory}, which holds {' and '.join(others)} of the reference code: "
+                f"{type(trainer).__name__} does not read it; evaluate it with the --trainer named there"
+            )
         path = checkpoint_path(directory, name, epoch)
         checkpoint = dassl_compat.load_checkpoint(path)
         check_backbone(trainer, checkpoint, path)

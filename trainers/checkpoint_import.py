@@ -137,6 +137,15 @@ def published_layout(trainer_name, directory, module_names):
     return layout
 
 
+def reference_folders(directory):
+    """'VLPromptLearner/ (PromptSRC, PromptKD)' for each reference model folder in `directory`."""
+    methods = {}
+    for layout in LAYOUTS.values():
+        if osp.isdir(osp.join(directory, layout.folder)):
+            methods.setdefault(layout.folder, []).append(layout.method)
+    return [f"{folder}/ ({', '.join(names)})" for folder, names in methods.items()]
+
+
 def check_frozen_weights(clip_model, frozen, source, setting):
     """Refuse a checkpoint whose frozen weights are not `clip_model`'s; `setting` says where the run's CLIP was
     chosen, e.g. "MODEL.BACKBONE.NAME (--backbone) is 'ViT-B/16'"."""
