@@ -466,3 +466,153 @@ def test_require_complete_fails_on_a_missing_seed_or_dataset(b2n_root, capsys):
     with pytest.raises(SystemExit, match=r": CoOp New, Caltech101$"):
         pr.main([str(b2n_root), "--trainers", "CoOp", "--require-complete"])
     assert "CoOp New, Caltech101: seed 2 crashed" in capsys.readouterr().out
+
+
+# --- The reference repositories' layouts (CoOp, MaPLe, PromptSRC, PromptKD), skipped folders, --ci95. ---
+COOP_LEVEL = "nctx16_cscFalse_ctpend"
+
+
+def promptkd_log(vals, new, deploy="Deploy the model with the best val performance"):
+    """A log of PromptKD's own code, base2novel: its config dump, a validation (base classes) after every epoch,
+    then the test of the deployed model (new classes)."""
+    config = ("************\n** Config **\n************\nDATASET:\n  NAME: Caltech101\n  NUM_SHOTS: 0\n"
+              "  SUBSAMPLE_CLASSES: all\nTEST:\n  FINAL_MODEL: best_val\nTRAINER:\n  MODAL: base2novel\n"
+              "  NAME: PromptKD\n  PROMPTKD:\n    CE_WEIGHT: 0.0\n")
+    epochs = "".join(f"epoch [{e}/{len(vals)}] batch [1/1] loss 1.0\n" + result_block(v, "val")
+                     for e, v in enumerate(vals, 1))
+    return HEADER + config + epochs + f"Finish training\n{deploy}\n" + result_block(new) + "Elapsed: 0:01:02\n"
+
+
+def test_promptkd_base2novel_log_gives_base_from_its_validation_and_new_from_its_test(tmp_path):
+    """PromptKD's base2new_train.sh writes train_base/.../seed_<S> only; its log validates on base, tests on new."""
+    for seed, (vals, new) in enumerate([([80.0, 86.0, 84.0], 70.0), ([82.0, 82.0, 88.0], 74.0)], start=1):
+        write_log(tmp_path, b2n_rel("train_base", "caltech101", "PromptKD", "vit_b16_c2", f"_{seed}", shots=0),
+                  promptkd_log(vals, new))
+    table = pr.summarize(pr.collect(str(tmp_path), "base2new"))
+    # Base: best validation 86 and 88 -> 87 ± 1; New 72 ± 2; HM 2*87*72/159 = 78.7925.
+    assert table.title == "Base-to-new generalization (0 shots; seeds 1 2)"
+    assert cells(table)[1] == ["Caltech101", "87.00 ± 1.00", "72.00 ± 2.00", "78.79"]
+    assert table.notes == [] and table.skipped == []
+
+
+def test_promptkd_log_without_best_val_has_no_base_and_other_logs_give_no_new(tmp_path):
+    write_log(tmp_path, b2n_rel("train_base", "dtd", "PromptKD", "c", "_1", shots=0),
+              promptkd_log([], 60.0, deploy="Deploy the last-epoch model"))
+    write_log(tmp_path, b2n_rel("train_base", "dtd", "CoOp", "c", 1, shots=0), train_log(90.0))
+    table = pr.summarize(pr.collect(str(tmp_path), "base2new"))
+    assert cells(table)[1] == ["DTD", "90.00 ± 0.00", "—", "—", "—", "60.00 ± 0.00", "—"]
+    folder = tmp_path / "base2new/train_base/dtd/shots_0/PromptKD/c/seed_1/log.txt"
+    assert (f"PromptKD Base, DTD: seed 1 no validation accuracy: the run deployed its last epoch "
+            f"(TEST.FINAL_MODEL last_step): {folder}") in table.notes
+    assert (f"CoOp New, DTD: seed 1 missing: no run folder: "
+            f"{tmp_path / 'base2new/test_new/dtd/shots_0/CoOp/c/seed1'}") in table.notes
+
+
+def test_seed_underscore_folders_name_missing_seeds_as_they_are_spelled(tmp_path):
+    for split, accuracy in (("train_base", 80.0), ("test_base", 81.0), ("test_new", 70.0)):
+        write_log(tmp_path, b2n_rel(split, "dtd", "PromptKD", "c", "_1", shots=0),
+                  train_log(accuracy) if split == "train_base" else eval_log(accuracy))
+    table = pr.summarize(pr.collect(str(tmp_path), "base2new", seeds=[1, 2]))
+    assert cells(table)[1] == ["DTD", "81.00 ± 0.00 (1/2)", "70.00 ± 0.00 (1/2)", "75.10 (1/2)"]  # 11340/151
+    assert table.notes[0] == ("PromptKD Base, DTD: seed 2 missing: no run folder: "
+                              f"{tmp_path / 'base2new/test_base/dtd/shots_0/PromptKD/c/seed_2'}")
+
+
+def test_few_shot_reads_coops_level_and_promptsrcs_layouts(tmp_path):
+    for seed, accuracy in ((1, 60.0), (2, 62.0), (3, 64.0)):  # CoOp's main.sh caltech101 rn50_ep50 end 16 4 False
+        write_log(tmp_path, f"caltech101/CoOp/rn50_ep50_4shots/{COOP_LEVEL}/seed{seed}", train_log(accuracy))
+    for seed, accuracy in ((1, 70.0), (2, 72.0)):  # PromptSRC's few_shot.sh caltech101 4, and reproduce_few_shot.sh
+        write_log(tmp_path, f"caltech101/PromptSRC/fs_4shots/seed{seed}", train_log(accuracy))
+        write_log(tmp_path, f"few_shot/oxford_pets/PromptSRC/fs_4shots/seed{seed}", eval_log(accuracy + 10))
+    table = pr.summarize(pr.collect(str(tmp_path), "few_shot", seeds=[1, 2, 3]))
+    assert cells(table) == [
+        ["Dataset", "CoOp 4-shot", "PromptSRC 4-shot"],
+        ["Caltech101", "62.00 ± 1.63", "71.00 ± 1.00 (2/3)"],
+        ["OxfordPets", "—", "81.00 ± 1.00 (2/3)"],
+        ["Average", "62.00 (1/2)", "76.00 (0/2)"],
+    ]
+    assert f"CoOp/rn50_ep50/{COOP_LEVEL}" in pr.legend(table)[0]
+    assert (f"CoOp 4-shot, OxfordPets: seeds 1 2 3 missing: no run folder: "
+            f"{tmp_path / 'oxford_pets/CoOp/rn50_ep50_4shots' / COOP_LEVEL / 'seed{1,2,3}'}") in table.notes
+    assert table.skipped == []
+
+
+def test_cross_dataset_reads_coops_eval_layout(tmp_path):
+    for seed, (source, pets) in enumerate([(62.0, 85.0), (64.0, 87.0)], 1):
+        write_log(tmp_path, f"imagenet/CoOp/vit_b16_ep50_16shots/{COOP_LEVEL}/seed{seed}", train_log(source))
+        write_log(tmp_path, f"evaluation/CoOp/vit_b16_ep50_16shots/{COOP_LEVEL}/oxford_pets/seed{seed}",
+                  eval_log(pets))
+    table = pr.summarize(pr.collect(str(tmp_path), "cross_dataset"))
+    assert cells(table) == [["Dataset", "CoOp"], ["ImageNet (source)", "63.00 ± 1.00"],
+                            ["OxfordPets", "86.00 ± 1.00"], ["Average", "86.00"]]
+    assert table.notes == [] and table.skipped == []
+
+
+def test_cross_dataset_reads_promptkds_runs_on_each_target_with_a_note(tmp_path):
+    for seed, (pets, dtd) in enumerate([(90.0, 60.0), (92.0, 62.0)], 1):  # PromptKD's xd_train.sh <target> <seed>
+        write_log(tmp_path, f"oxford_pets/PromptKD/xd_0shots/seed{seed}", train_log(pets))
+        write_log(tmp_path, f"dtd/PromptKD/xd_0shots/seed{seed}", train_log(dtd))
+    table = pr.summarize(pr.collect(str(tmp_path), "cross_dataset"))
+    assert cells(table)[1:] == [["ImageNet (source)", "—"], ["OxfordPets", "91.00 ± 1.00"], ["DTD", "61.00 ± 1.00"],
+                                ["Average", "76.00"]]
+    assert table.notes[-1] == ("PromptKD: no evaluation/ runs, so each dataset's accuracy is that of its run trained "
+                               "on that dataset (<Dataset>/PromptKD/<cfg>_<K>shots/seed<S>, as PromptKD's xd_train.sh "
+                               "distils on each target).")
+
+
+def test_every_run_folder_not_read_is_named_with_why(tmp_path):
+    write_b2n(tmp_path, {("CoOp", "c"): {"Caltech101": ([80.0] * 3, [70.0] * 3)}})
+    write_log(tmp_path, b2n_rel("train_base", "dtd", "PromptKD", "c", "_1", shots=0), promptkd_log([80.0], 60.0))
+    write_log(tmp_path, f"caltech101/CoOp/rn50_ep50_16shots/{COOP_LEVEL}/seed1", train_log(60.0))
+    write_log(tmp_path, f"caltech101/CoOp/rn50_ep50_16shots/{COOP_LEVEL}/seed2", train_log(60.0))
+    write_log(tmp_path, "ZeroshotCLIP/rn50/caltech101", eval_log(55.0))
+    write_log(tmp_path, "base2new/train_base/imagenet/shots_16/CoOp_OFF/vit_b32_ctxv1/23:05:36/seed1", train_log(1.0))
+    table = pr.summarize(pr.collect(str(tmp_path), "base2new"))
+    assert table.skipped == [
+        "ZeroshotCLIP/rn50/caltech101: CoOp's zeroshot.sh layout (ZeroshotCLIP/<cfg>/<Dataset>, one run without a "
+        "seed folder), not read",
+        "base2new/train_base/dtd/shots_0/PromptKD/c/seed_1: 0 shots (the table has 16): pass --shots 0",
+        "base2new/train_base/imagenet/shots_16/CoOp_OFF/vit_b32_ctxv1/23:05:36/seed1: no layout of any protocol "
+        "(see --help)",
+        f"2 run folders, e.g. caltech101/CoOp/rn50_ep50_16shots/{COOP_LEVEL}/seed1: another protocol's layout: "
+        "read by --protocol cross_dataset / domain_generalization / few_shot",
+    ]
+    text = pr.render_text(table)
+    assert text.endswith("Run folders not read:\n  " + "\n  ".join(table.skipped) + "\n")
+    assert "Run folders not read:\n\n- ZeroshotCLIP/rn50/caltech101: " in pr.render_markdown(table)
+    # Folders the selection flags leave out are not listed.
+    assert pr.collect(str(tmp_path), "base2new", trainers=["CoOp"]).skipped == pr.collect(str(tmp_path),
+                                                                                          "base2new").skipped
+
+
+def test_a_root_without_runs_of_the_protocol_names_what_it_found(tmp_path):
+    write_log(tmp_path, f"caltech101/CoOp/rn50_ep50_16shots/{COOP_LEVEL}/seed1", train_log(60.0))
+    with pytest.raises(pr.ResultsError) as error:
+        pr.collect(str(tmp_path), "base2new")
+    assert str(error.value).endswith(
+        f"Run folders found and not read:\n  caltech101/CoOp/rn50_ep50_16shots/{COOP_LEVEL}/seed1: another protocol's "
+        "layout: read by --protocol cross_dataset / domain_generalization / few_shot")
+
+
+def test_evaluated_methods_do_not_read_their_runs_on_other_datasets(tmp_path):
+    """A few-shot run of a method whose cross-dataset targets are evaluation/ runs is not a target result."""
+    write_log(tmp_path, "imagenet/MaPLe/xd_16shots/seed1", train_log(70.0))
+    write_log(tmp_path, xd_rel("MaPLe", "xd", "dtd", 1), eval_log(45.0))
+    write_log(tmp_path, "oxford_pets/MaPLe/xd_16shots/seed1", train_log(95.0))
+    table = pr.summarize(pr.collect(str(tmp_path), "cross_dataset"))
+    assert cells(table)[1:] == [["ImageNet (source)", "70.00 ± 0.00"], ["DTD", "45.00 ± 0.00"], ["Average", "45.00"]]
+    assert table.skipped == ["oxford_pets/MaPLe/xd_16shots/seed1: trained on OxfordPets, not on the source: "
+                             "MaPLe/xd's targets are its evaluation/ runs"]
+
+
+def test_ci95_is_coops_interval(b2n_root, tmp_path):
+    table = pr.summarize(pr.collect(str(b2n_root), "base2new"), "ci95")
+    # [89, 90, 91]: std sqrt(2/3) = 0.8165 -> 1.96 * 0.8165 / sqrt(3) = 0.9239; DTD New [88, 90, 92]: 1.8478.
+    assert cells(table)[1][1] == "90.00 ± 0.92" and cells(table)[2][2] == "90.00 ± 1.85"
+    assert pr.legend(table)[1].startswith("± is the 95 % confidence interval 1.96·std/√n over seeds (--ci95)")
+    pr.write_csv(table, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines()[:2] == [
+        "trainer,cfg,shots,dataset,metric,mean,ci95,complete,expected",
+        "CoOp,vit_b16,16,Caltech101,base,90.00,0.92,3,3"]
+    out = run_script("scripts/parse_results.py", str(b2n_root), "--ci95").stdout
+    assert "Caltech101  90.00 ± 0.92" in out
