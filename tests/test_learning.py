@@ -5,9 +5,8 @@ both at once, one thread each: the teacher's 273 CPU-s, so about 5 minutes when 
 measured at a load of 6); everything after that takes about half a minute (one torch thread).
 FDBPL_TEST_PRETRAINED=<dir> reuses <dir>/student.pt and <dir>/teacher.pt instead, each only if its sidecar
 (<name>.pt.json) records exactly the current preset's settings and the file's sha256; otherwise that preset
-is pretrained anew. Runs use
-the demo's setting: Synthetic (configs/datasets/synthetic.yaml), 16 shots, tiny_ep10 configs, an RIL table
-of 16 regions and top-5 from the teacher, training seed 1.
+is pretrained anew. Runs use the demo's setting: Synthetic (configs/datasets/synthetic.yaml), 16 shots,
+tiny_ep10 configs, an RIL table of 16 regions and top-5 from the teacher, training seed 1.
 
 Each check_* raises AssertionError naming its numbers, so the sensitivity tests can apply a fault
 (unnormalised evaluation, L_pos's sign flipped, frozen prompts) and expect the check to fail.
