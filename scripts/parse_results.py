@@ -444,7 +444,8 @@ def collect(root, protocol, trainers=None, cfgs=None, datasets=None, seeds=None,
         found = "".join(f"\n  {s.path}: {s.reason}" for s in skipped_folders(root, protocol, indexed, runs, []))
         raise ResultsError(f"no {protocol} runs under {root}; expected\n  {layout}"
                            + (f"\nRun folders found and not read:{found}" if found else ""))
-    shots = _select_shots(protocol, runs, shots)
+    wanted = [k for k in runs if (not trainers or k.trainer in trainers) and (not cfgs or k.cfg in cfgs)]
+    shots = _select_shots(protocol, wanted or runs, shots)
     methods = _select_methods([k for k in runs if k.shots in shots], trainers, cfgs)
     selected = [k for k in runs if k.shots in shots and Method(k.trainer, k.cfg) in methods]
     datasets = _select_datasets(protocol, [k for k in selected if k.split != "source"], datasets, source)

@@ -404,6 +404,8 @@ def test_few_shot_columns_are_shots(tmp_path):
         ["Average", "55.50 (1/2)", "80.00 (1/2)"],
     ]
     assert pr.summarize(pr.collect(str(tmp_path), "few_shot", shots=[16])).columns[0].shots == 16
+    write_log(tmp_path, "few_shot/eurosat/shots_4/FDBPL/c/seed1", train_log(70.0))
+    assert [column.shots for column in pr.collect(str(tmp_path), "few_shot", trainers=["FDBPL"]).columns] == [4]
 
 
 def test_requested_dataset_without_runs_shows_dash(b2n_root):
