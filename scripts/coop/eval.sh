@@ -20,7 +20,8 @@ EOF2
 reference_setup CoOp "" "DATASET CFG" "$@"
 group="CoOp/${CFG_NAMES[0]}_16shots/nctx16_cscFalse_ctpend"
 for seed in $SEEDS; do
-  reference_eval "$DATASET" "$seed" "$OUT/evaluation/$group/$(stem "$DATASET")/seed$seed" "$OUT/imagenet/$group/seed$seed" \
+  reference_eval "$DATASET" "$seed" "$OUT/evaluation/$group/$(stem "$DATASET")/seed$seed" \
+    "$OUT/imagenet/$group/seed$seed" \
     "CoOp evaluate $(stem "$DATASET") with imagenet ${CFG_NAMES[0]} seed $seed" \
     TRAINER.COOP.N_CTX 16 TRAINER.COOP.CSC False TRAINER.COOP.CLASS_TOKEN_POSITION end
 done

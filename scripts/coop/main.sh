@@ -26,5 +26,6 @@ variant="nctx${NCTX}_csc${CSC}_ctp${CTP}"
 for seed in $SEEDS; do
   reference_train "$DATASET" "$seed" "$OUT/$(stem "$DATASET")/CoOp/${CFG_NAMES[0]}_${SHOTS}shots/$variant/seed$seed" \
     "CoOp $(stem "$DATASET") ${CFG_NAMES[0]} $variant ${SHOTS}-shot seed $seed" \
-    TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" DATASET.NUM_SHOTS "$SHOTS"
+    TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" \
+    DATASET.NUM_SHOTS "$SHOTS"
 done

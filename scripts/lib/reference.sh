@@ -99,7 +99,7 @@ reference_eval() {
   local dataset="$1" seed="$2" dir="$3" model_dir="$4" label="$5"
   shift 5
   if [ -z "${LOAD_EPOCH:-}" ]; then read_config_values; fi
-  reference_cmd "$dataset" "$dir" --seed "$seed" --model-dir "$model_dir" --load-epoch "${LOAD_EPOCH:-${MAX_EPOCHS[0]}}" \
-    --eval-only
+  reference_cmd "$dataset" "$dir" --seed "$seed" --model-dir "$model_dir" \
+    --load-epoch "${LOAD_EPOCH:-${MAX_EPOCHS[0]}}" --eval-only
   reference_run "$dir" "$label" "$@"
 }

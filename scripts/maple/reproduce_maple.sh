@@ -18,7 +18,8 @@ EOF2
 
 reference_setup MaPLe vit_b16_c2_ep5_batch4_2ctx "DATASET SEED WEIGHTSPATH" "$@"
 for split in base new; do
-  reference_eval "$DATASET" "$SEED" "$OUT/base2new/test_$split/$(stem "$DATASET")/shots_16/MaPLe/${CFG_NAMES[0]}/seed$SEED" \
+  reference_eval "$DATASET" "$SEED" \
+    "$OUT/base2new/test_$split/$(stem "$DATASET")/shots_16/MaPLe/${CFG_NAMES[0]}/seed$SEED" \
     "$WEIGHTSPATH/base/seed$SEED" "MaPLe test_$split $(stem "$DATASET") seed $SEED" \
     DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES "$split"
 done

@@ -17,5 +17,6 @@ EOF2
 
 reference_setup MaPLe vit_b16_c2_ep5_batch4_2ctx_cross_datasets "DATASET SEED" "$@"
 group="MaPLe/${CFG_NAMES[0]}_16shots"
-reference_eval "$DATASET" "$SEED" "$OUT/evaluation/$group/$(stem "$DATASET")/seed$SEED" "$OUT/imagenet/$group/seed$SEED" \
+reference_eval "$DATASET" "$SEED" "$OUT/evaluation/$group/$(stem "$DATASET")/seed$SEED" \
+  "$OUT/imagenet/$group/seed$SEED" \
   "MaPLe evaluate $(stem "$DATASET") with imagenet seed $SEED"

@@ -24,7 +24,8 @@ EOF2
 
 reference_setup PromptKD vit_b16_c2_ep20_batch8_4+4ctx "DATASET SEED" "$@"
 common="$(stem "$DATASET")/shots_0/PromptKD/${CFG_NAMES[0]}/seed_$SEED"
-reference_train "$DATASET" "$SEED" "$OUT/base2new/train_base/$common" "PromptKD train_base $(stem "$DATASET") seed $SEED" \
+reference_train "$DATASET" "$SEED" "$OUT/base2new/train_base/$common" \
+  "PromptKD train_base $(stem "$DATASET") seed $SEED" \
   DATASET.NUM_SHOTS 0 TRAINER.MODAL base2novel TRAINER.PROMPTKD.TEMPERATURE 1.0 TRAINER.PROMPTKD.KD_WEIGHT 1000.0
 for split in base new; do
   reference_eval "$DATASET" "$SEED" "$OUT/base2new/test_$split/$common" "$OUT/base2new/train_base/$common" \

@@ -18,7 +18,8 @@ EOF2
 
 reference_setup PromptSRC vit_b16_c2_ep20_batch4_4+4ctx "DATASET SEED WEIGHTSPATH" "$@"
 for split in base new; do
-  reference_eval "$DATASET" "$SEED" "$OUT/base2new/test_$split/$(stem "$DATASET")/shots_16/PromptSRC/${CFG_NAMES[0]}/seed$SEED" \
+  reference_eval "$DATASET" "$SEED" \
+    "$OUT/base2new/test_$split/$(stem "$DATASET")/shots_16/PromptSRC/${CFG_NAMES[0]}/seed$SEED" \
     "$WEIGHTSPATH/base/seed$SEED" "PromptSRC test_$split $(stem "$DATASET") seed $SEED" \
     DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES "$split"
 done

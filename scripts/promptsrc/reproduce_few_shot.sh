@@ -20,7 +20,8 @@ EOF2
 reference_setup PromptSRC vit_b16_c2_ep50_batch4_4+4ctx_few_shot "DATASET SHOTS WEIGHTSPATH" "$@"
 check_numbers SHOTS "$SHOTS"
 for seed in $SEEDS; do
-  reference_eval "$DATASET" "$seed" "$OUT/few_shot/$(stem "$DATASET")/PromptSRC/${CFG_NAMES[0]}_${SHOTS}shots/seed$seed" \
+  reference_eval "$DATASET" "$seed" \
+    "$OUT/few_shot/$(stem "$DATASET")/PromptSRC/${CFG_NAMES[0]}_${SHOTS}shots/seed$seed" \
     "$WEIGHTSPATH/${SHOTS}shot/seed$seed" "PromptSRC few-shot $(stem "$DATASET") ${SHOTS}-shot seed $seed" \
     DATASET.NUM_SHOTS "$SHOTS"
 done

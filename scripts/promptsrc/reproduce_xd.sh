@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PromptSRC's scripts/promptsrc/reproduce_xd.sh DATASET SEED WEIGHTSPATH: evaluate published ImageNet weights on DATASET.
+# PromptSRC's scripts/promptsrc/reproduce_xd.sh DATASET SEED WEIGHTSPATH: evaluate published ImageNet weights.
 set -euo pipefail
 # shellcheck source=../lib/reference.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/reference.sh"

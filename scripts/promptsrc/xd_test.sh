@@ -17,5 +17,6 @@ EOF2
 
 reference_setup PromptSRC vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets "DATASET SEED" "$@"
 group="PromptSRC/${CFG_NAMES[0]}_16shots"
-reference_eval "$DATASET" "$SEED" "$OUT/evaluation/$group/$(stem "$DATASET")/seed$SEED" "$OUT/imagenet/$group/seed$SEED" \
+reference_eval "$DATASET" "$SEED" "$OUT/evaluation/$group/$(stem "$DATASET")/seed$SEED" \
+  "$OUT/imagenet/$group/seed$SEED" \
   "PromptSRC evaluate $(stem "$DATASET") with imagenet seed $SEED"
