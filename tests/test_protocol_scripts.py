@@ -18,12 +18,12 @@ pytestmark = requires_dassl
 SCRIPTS = os.path.join(REPO_ROOT, "scripts")
 SETTING_VARS = ("DATA", "OUT", "TRAINER", "CFG", "DATASETS", "SOURCE_DATASET", "TARGET_DATASETS", "SEEDS", "SHOTS",
                 "SUBSAMPLE", "BACKBONE", "LOAD_EPOCH", "TEACHER", "REGIONS", "TOPK", "RIL_DIR", "RIL_WORKERS",
-                "NPROC", "DEVICE", "DRY_RUN", "VERBOSE")
+                "NPROC", "DEVICE", "DRY_RUN", "VERBOSE", "RANDOM_CLIP")
 COMMON_FLAGS = ("--data", "--out", "--trainer", "--cfg", "--seeds", "--shots", "--teacher", "--regions", "--topk",
                 "--ril-dir", "--ril-workers", "--nproc", "--device", "--dry-run", "--verbose")
 TRAIN_FLAGS = COMMON_FLAGS + ("--backbone", "--load-epoch")
 FLAGS = {
-    "base2new.sh": TRAIN_FLAGS + ("--datasets",),
+    "base2new.sh": TRAIN_FLAGS + ("--datasets", "--random-clip"),
     "few_shot.sh": TRAIN_FLAGS + ("--datasets",),
     "cross_dataset.sh": TRAIN_FLAGS + ("--source-dataset", "--target-datasets"),
     "domain_generalization.sh": TRAIN_FLAGS + ("--source-dataset", "--target-datasets"),
