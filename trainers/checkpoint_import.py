@@ -1,8 +1,8 @@
 """Checkpoints of the reference code, mapped once onto this project's modules and keys.
 
 CoOp and CoCoOp save their prompt learner alone, in `prompt_learner/`, under this project's keys (`ctx`,
-CoCoOp's `meta_net.*`): they load as this project's own checkpoints do. MaPLe, IVLP/PromptSRC and PromptKD
-save their whole model under one Dassl model folder; a `Layout` sorts every key of such a file into
+CoCoOp's `meta_net.*`): they load as this project's own checkpoints do. MaPLe, IVLP/PromptSRC, PromptKD and
+VPT save their whole model under one Dassl model folder; a `Layout` sorts every key of such a file into
 - a prompt of one of this project's modules (renamed, and converted where the two differ in form),
 - a frozen CLIP weight (renamed to CLIP's own key): compared with the run's CLIP, so that a checkpoint of
   another backbone is named as such, and never loaded,
@@ -71,7 +71,8 @@ class Layout:
             match = re.fullmatch(rule.pattern, file_key)
             if match:
                 return rule, match
-        writers = [layout.method for layout in LAYOUTS.values() if layout is not self and layout.prompt_key(file_key)]
+        writers = [layout.method for layout in dict.fromkeys(LAYOUTS.values())  # IVLP's layout is PromptSRC's
+                   if layout is not self and layout.prompt_key(file_key)]
         hint = f"a key of {' and '.join(writers)} checkpoints" if writers else "written by other code"
         raise ValueError(
             f"{source} holds '{file_key}', which a {self.method} checkpoint ({self.folder}/) does not ({hint}). "
@@ -115,15 +116,24 @@ PROMPTSRC = Layout("PromptSRC", "VLPromptLearner", (
     *_FROZEN_TOWERS,
 ), unused=("gpa",))  # the Gaussian aggregate is already in the saved prompts
 
-PROMPTKD = Layout("PromptKD", "VLPromptLearner", (
+# Vision prompts alone, in a LayerPrompts registered as `prompt_learner` (PromptKD's student, VPT).
+_VISION_LAYERS = (
     Rule(r"image_encoder\.VPT", "prompt_learner", "layer.0"),
     Rule(r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow", "prompt_learner", r"layer.\1"),
+)
+
+PROMPTKD = Layout("PromptKD", "VLPromptLearner", (
+    *_VISION_LAYERS,
     Rule(r"VPT_image_trans\.conv1\.(.+)", "projector", r"\1", one_by_one_convolution),
     *_FROZEN_TOWERS,
 ))
 
+# VPT (MaPLe's repository): its whole model in prompt_learner/, the folder name of this project's own modules, so
+# it is not in LAYOUTS, which find a layout by its folder; the VPT trainer tells the two apart by the file's keys.
+VPT_LAYOUT = Layout("VPT", "prompt_learner", (*_VISION_LAYERS, *_FROZEN_TOWERS))
+
 # This project's trainer -> the layout of the reference code whose checkpoints it evaluates.
-LAYOUTS = {"MaPLe": MAPLE, "PromptSRC": PROMPTSRC, "PromptKD": PROMPTKD}
+LAYOUTS = {"MaPLe": MAPLE, "PromptSRC": PROMPTSRC, "IVLP": PROMPTSRC, "PromptKD": PROMPTKD}
 
 
 def published_layout(trainer_name, directory, module_names):
@@ -138,12 +148,13 @@ def published_layout(trainer_name, directory, module_names):
 
 
 def reference_folders(directory):
-    """'VLPromptLearner/ (PromptSRC, PromptKD)' for each reference model folder in `directory`."""
-    methods = {}
-    for layout in LAYOUTS.values():
+    """'VLPromptLearner/ (PromptSRC, IVLP, PromptKD)' for each reference model folder in `directory`: the trainers
+    that read it."""
+    trainers = {}
+    for trainer, layout in LAYOUTS.items():
         if osp.isdir(osp.join(directory, layout.folder)):
-            methods.setdefault(layout.folder, []).append(layout.method)
-    return [f"{folder}/ ({', '.join(names)})" for folder, names in methods.items()]
+            trainers.setdefault(layout.folder, []).append(trainer)
+    return [f"{folder}/ ({', '.join(names)})" for folder, names in trainers.items()]
 
 
 def check_frozen_weights(clip_model, frozen, source, setting):

@@ -149,6 +149,24 @@ def extend_cfg(cfg):
     cfg.TRAINER.CASPL.BOOST_DIR = ""  # stage 2: output folder of the CasPL_Boost run to cascade
     cfg.TRAINER.CASPL.BOOST_EPOCH = 0  # stage 2: its checkpoint epoch; 0 = the last one it saved
 
+    # IVLP: independent deep prompts in both towers (MaPLe's baseline); depth 0 of the vision tower (with
+    # N_CTX_VISION 0) is its language-only prompting. Defaults as MaPLe's train.py declares them.
+    cfg.TRAINER.IVLP = CN()
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2  # vision prompt tokens per layer
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2  # text prompt tokens per layer
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"  # initialization words of the text prompts
+    cfg.TRAINER.IVLP.PREC = "fp16"  # fp16, fp32, amp
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9  # layers with vision prompts (0 = none)
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9  # layers with text prompts (1 = shallow)
+
+    # VPT: deep vision prompts only; the class texts are fixed ("<CTX_INIT> <class>."), as in MaPLe's repository.
+    cfg.TRAINER.VPT = CN()
+    cfg.TRAINER.VPT.N_CTX_VISION = 2  # vision prompt tokens per layer
+    cfg.TRAINER.VPT.CTX_INIT = "a photo of a"  # words before the class name in the fixed class texts (the
+    # reference code always uses "a photo of a", the value of its configs)
+    cfg.TRAINER.VPT.PREC = "fp16"  # fp16, fp32, amp
+    cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 1  # layers with vision prompts (1 = shallow)
+
 
 def get_cfg():
     """Dassl's defaults plus every project key."""
