@@ -78,11 +78,7 @@ class PromptTrainer(TrainerX):
         return tuple(self.cfg.INPUT.PIXEL_MEAN), tuple(self.cfg.INPUT.PIXEL_STD)
 
     def register_trainable(self, name, module, params=None):
-        """Build the optimiser and schedule for `module` (or explicit `params`) and register it."""
-        optim = build_optimizer(module if params is None else None, self.cfg.OPTIM, params)
-        sched = build_lr_scheduler(optim, self.cfg.OPTIM)
-        self.register_model(name, module, optim, sched)
-        return optim, sched
+        return register_trainable(self, name, module, params)
 
     def build_grad_scaler(self):
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" else None
@@ -91,22 +87,10 @@ class PromptTrainer(TrainerX):
         return torch.autocast("cuda", dtype=torch.float16) if self.precision == "amp" else nullcontext()
 
     def backward_and_update(self, loss, names=None):
-        """One optimiser step; through the grad scaler under amp."""
-        if getattr(self, "scaler", None) is None:
-            self.model_backward_and_update(loss, names)
-            return
-        self.model_zero_grad(names)
-        self.detect_anomaly(loss)
-        self.scaler.scale(loss).backward()
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self.scaler.step(self._optims[name])
-        self.scaler.update()
+        backward_and_update(self, loss, names)
 
     def end_of_epoch_step(self):
-        """Dassl schedules step per epoch: call at the end of `forward_backward`."""
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
+        end_of_epoch_step(self)
 
     def prepare_training(self):
         """Build what only training needs (a region loader, a teacher): runs when training starts, so
@@ -199,6 +183,37 @@ class PromptTrainer(TrainerX):
         model = getattr(self, "model", None)
         with model.frozen_text_features() if hasattr(model, "frozen_text_features") else nullcontext():
             return super().test(split)
+
+
+def register_trainable(trainer, name, module, params=None):
+    """Build the optimiser and schedule for `module` (or explicit `params`) from OPTIM and register it with any
+    Dassl trainer."""
+    optim = build_optimizer(module if params is None else None, trainer.cfg.OPTIM, params)
+    sched = build_lr_scheduler(optim, trainer.cfg.OPTIM)
+    trainer.register_model(name, module, optim, sched)
+    return optim, sched
+
+
+def backward_and_update(trainer, loss, names=None):
+    """One optimiser step of any Dassl trainer; through its grad scaler (`trainer.scaler`, as the CoOp family
+    keeps it under amp) when it has one."""
+    scaler = getattr(trainer, "scaler", None)
+    if scaler is None:
+        trainer.model_backward_and_update(loss, names)
+        return
+    trainer.model_zero_grad(names)
+    trainer.detect_anomaly(loss)
+    scaler.scale(loss).backward()
+    for name in trainer.get_model_names(names):
+        if trainer._optims[name] is not None:
+            scaler.step(trainer._optims[name])
+    scaler.update()
+
+
+def end_of_epoch_step(trainer):
+    """Dassl schedules step per epoch: call at the end of `forward_backward`."""
+    if (trainer.batch_idx + 1) == trainer.num_batches:
+        trainer.update_lr()
 
 
 def check_normalisation(cfg):
