@@ -119,46 +119,51 @@ def fdbpl_loss_terms(
 ):
     """All FDBPL terms (DESIGN 5): dict of scalars `pos`, `neg`, `diff1`, `diff2` and `weight` (B,).
 
-    logits_pos, logits_neg (B, C) scaled; text_pos, text_neg (C, D) L2-normalised;
+    logits_pos, logits_neg (B, C) scaled; text_pos, text_neg (C, D) L2-normalised, or both None for a
+    model that exposes no class text features (then there is no `diff2`);
     teacher_prob (B, C) dense teacher distribution; teacher_entropy (B,) its full C-class entropy.
     """
     batch, num_classes = logits_pos.shape
-    width = text_pos.shape[-1]
-    expected_shapes = (
+    expected_shapes = [
         ("logits_neg", logits_neg, (batch, num_classes)),
         ("teacher_prob", teacher_prob, (batch, num_classes)),
         ("teacher_entropy", teacher_entropy, (batch,)),
-        ("text_pos", text_pos, (num_classes, width)),
-        ("text_neg", text_neg, (num_classes, width)),
-    )
+    ]
+    if text_pos is not None or text_neg is not None:
+        width = text_pos.shape[-1]
+        expected_shapes += [("text_pos", text_pos, (num_classes, width)), ("text_neg", text_neg, (num_classes, width))]
     for name, tensor, shape in expected_shapes:
         if tuple(tensor.shape) != shape:
             raise ValueError(
-                f"{name} has shape {tuple(tensor.shape)}, expected {shape} "
-                f"to match logits_pos {tuple(logits_pos.shape)} "
-                f"and text_pos {tuple(text_pos.shape)}"
+                f"{name} has shape {tuple(tensor.shape)}, expected {shape} to match logits_pos "
+                f"{tuple(logits_pos.shape)}{'' if text_pos is None else f' and text_pos {tuple(text_pos.shape)}'}"
             )
     weight = information_weight(teacher_entropy, num_classes)
     logits_pos, logits_neg = _at_least_fp32(logits_pos), _at_least_fp32(logits_neg)
-    text_pos, text_neg = _at_least_fp32(text_pos), _at_least_fp32(text_neg)
-    return {
+    terms = {
         "pos": positive_kd_loss(logits_pos, teacher_prob, weight, alpha),
         "neg": _negative_uniform_loss(logits_neg, weight),
         "diff1": _first_order_loss(logits_pos, logits_neg, weight),
-        "diff2": _second_order_loss(text_pos, text_neg, teacher_prob),
         "weight": weight,
     }
+    if text_pos is not None:
+        terms["diff2"] = _second_order_loss(_at_least_fp32(text_pos), _at_least_fp32(text_neg), teacher_prob)
+    return terms
 
 
 def weighted_total(terms, lambda_neg, lambda_diff1, lambda_diff2):
     """L = pos + lambda_neg neg + lambda_diff1 diff1 + lambda_diff2 diff2 (DESIGN 5).
 
-    A zero weight leaves its term out of the sum and the graph, so ablations are exact.
+    A zero weight leaves its term out of the sum and the graph, so ablations are exact; a term that was
+    not computed (no `diff2` without text features) must have weight zero.
     """
     total = terms["pos"]
     for name, factor in (("neg", lambda_neg), ("diff1", lambda_diff1), ("diff2", lambda_diff2)):
-        if factor != 0:
-            total = total + factor * terms[name]
+        if factor == 0:
+            continue
+        if name not in terms:
+            raise ValueError(f"L_{name} has weight {factor} but was not computed (the model exposes no text features)")
+        total = total + factor * terms[name]
     return total
 
 

@@ -30,6 +30,13 @@ def _arrangement(position, n_ctx, name_len, length):
     return sos + name + ctx + rest
 
 
+def embed_words(token_embedding, text, n_tokens):
+    """Token embeddings (n_tokens, width) of the first `n_tokens` tokens of `text`, without gradient."""
+    device = token_embedding.weight.device
+    with torch.no_grad():
+        return token_embedding(tokenize([text]).to(device))[0, 1 : 1 + n_tokens]
+
+
 class PromptLearner(nn.Module):
     """Learnable context vectors; `forward()` gives prompt embeddings (C, 77, width).
 
@@ -56,8 +63,7 @@ class PromptLearner(nn.Module):
             n_ctx = n_init if n_ctx is None else min(n_ctx, n_init)
             if n_ctx < n_init and class_token_position != "end":
                 raise ValueError("A context partly fixed by its init words needs CLASS_TOKEN_POSITION 'end'")
-            with torch.no_grad():
-                init = token_embedding(tokenize([ctx_init]).to(device))[0, 1 : 1 + n_ctx].type(dtype)
+            init = embed_words(token_embedding, ctx_init, n_ctx).type(dtype)
             ctx = init.expand(len(classnames), -1, -1).clone() if csc else init.clone()
             prompt_prefix = ctx_init
         else:
