@@ -24,8 +24,9 @@ import datasets
 import trainers
 from ril.format import RILTableError
 from trainers.base import TrainingSetupError
-from trainers.config import check_registered, setup_cfg
+from trainers.config import check_registered, check_supervision, setup_cfg
 from trainers.dassl_compat import UnreadableImageError
+from trainers.plugins import load_plugins, plugin_names
 
 EXIT_SETUP_ERROR = 2
 FLAG_LIKE = re.compile(r"--[A-Za-z]")
@@ -52,6 +53,10 @@ def build_parser():
     parser.add_argument("--model-dir", type=str, default="", help="output folder of a trained run, loaded by --eval-only")
     parser.add_argument("--load-epoch", type=int, help="checkpoint epoch to load with --eval-only (default: model-best)")
     parser.add_argument("--no-train", action="store_true", help="build everything but do not call trainer.train()")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (a dotted name on the Python path, or a .py file) before the config is "
+                        "built: it may register trainers and datasets and declare config keys in extend_cfg(cfg) "
+                        "(trainers/plugins.py); repeatable; $FDBPL_PLUGINS (':'-separated) adds more")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs, e.g. DATASET.NUM_SHOTS 16")
     return parser
 
@@ -84,8 +89,11 @@ def build(args):
     check_opts(args.opts or [])
     trainers.register_all()
     datasets.register_all()
+    load_plugins(plugin_names(args.plugin))
     cfg = setup_cfg(args)
     check_registered(cfg)
+    if not args.eval_only:
+        check_supervision(cfg)
     if args.eval_only:
         open_evaluation_folder(cfg, args.model_dir, args.load_epoch, fresh=args.fresh)
     else:

@@ -44,6 +44,9 @@ def add_dataset_flags(parser, required):
     parser.add_argument("--seed", type=int, default=-1, help="SEED, which also selects the few-shot split, as for train.py")
     parser.add_argument("--dataset-config-file", default="", required=required, help="dataset config, e.g. configs/datasets/oxford_pets.yaml")
     parser.add_argument("--config-file", default="", help="method config (sets INPUT.SIZE, INPUT.INTERPOLATION, ...)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (dotted name or .py file) first, as train.py --plugin does, so a config naming "
+                        "its keys merges; repeatable; $FDBPL_PLUGINS (':'-separated) adds more")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs, e.g. DATASET.NUM_SHOTS 16")
 
 
@@ -109,9 +112,13 @@ def build_run(args):
     from dassl.data.datasets import build_dataset
     from dassl.utils import set_random_seed
 
+    import trainers
     from trainers.config import setup_cfg
+    from trainers.plugins import load_plugins, plugin_names
 
+    trainers.register_all()  # first, so a plugin's trainer that clashes with a built-in one is named as such
     datasets.register_all()
+    load_plugins(plugin_names(args.plugin))
     cfg = setup_cfg(args)
     if cfg.SEED >= 0:  # as train.py: the split and few-shot draws depend on the global seed
         set_random_seed(cfg.SEED)

@@ -13,6 +13,7 @@ from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
+from .plugins import PluginError, config_extensions
 from .reference_configs import (
     MODAL_KEY, absent_node_error, apply_modal, check_trainer_exists, take_reference_key, take_reference_keys,
 )
@@ -41,7 +42,7 @@ TRAINING_ONLY_KEYS = (
     "TRAINER.PROMPTKD.KD_WEIGHT", "TRAINER.PROMPTKD.TEMPERATURE", "TRAINER.PROMPTKD.TRANSDUCTIVE",
     "TRAINER.PROMPTKD.TEACHER_*",
     "TRAINER.FDBPL.ALPHA", "TRAINER.FDBPL.LAMBDA_*", "TRAINER.FDBPL.DENSIFY", "TRAINER.FDBPL.REPEAT",
-    "TRAINER.FDBPL.FEATURE_CACHE", "TRAINER.FDBPL.IN_MEMORY",
+    "TRAINER.FDBPL.FEATURE_CACHE", "TRAINER.FDBPL.IN_MEMORY", "TRAINER.FDBPL.TEACHER_*",
     "TRAINER.CASPL.TEACHER_*", "TRAINER.CASPL.TEMPERATURE", "TRAINER.CASPL.KD_WEIGHT", "TRAINER.CASPL.BOOST_*",
 )
 
@@ -125,6 +126,11 @@ def extend_cfg(cfg):
     # an epoch visits every image once, so REPEAT multiplies the iterations per epoch
     cfg.TRAINER.FDBPL.FEATURE_CACHE = False  # serve stored student image features, no pixels
     cfg.TRAINER.FDBPL.IN_MEMORY = False  # load the whole table into memory
+    cfg.TRAINER.FDBPL.TEACHER_SOURCE = "ril"  # ril (soft labels from RIL_TABLE) or online: KDPL, the same losses
+    # against TEACHER_BACKBONE run on every batch of training images (random crops from INPUT.TRANSFORMS)
+    cfg.TRAINER.FDBPL.TEACHER_BACKBONE = "ViT-L/14"  # online: CLIP name, checkpoint path or open_clip:M/P
+    cfg.TRAINER.FDBPL.TEACHER_TEMPLATES = ()  # online: class texts (templates or set names as in
+    # `python -m ril precompute --templates`); empty = the dataset's CoOp template, as an RIL table's default
 
     # CasPL: stage 1 (CasPL_Boost) trains the boosting prompts; stage 2 (<Base>_CasPL) loads them
     # frozen and reads the boosting-prompt shape here, the adapting prompts from the base method's node.
@@ -169,9 +175,21 @@ def extend_cfg(cfg):
 
 
 def get_cfg():
-    """Dassl's defaults plus every project key."""
+    """Dassl's defaults plus every project key, plus the keys of loaded plugins (trainers/plugins.py)."""
     cfg = get_cfg_default()
     extend_cfg(cfg)
+    for name, extend_plugin_cfg in config_extensions():
+        declared = flat_keys(cfg)
+        extend_plugin_cfg(cfg)
+        after = flat_keys(cfg)
+        changed = [key for key, value in declared.items() if key not in after or after[key] != value]
+        if changed:
+            key = changed[0]
+            now = after.get(key, "<removed>")
+            raise PluginError(
+                f"plugin {name!r}: its extend_cfg changes {len(changed)} key(s) the project declares, e.g. {key} "
+                f"({declared[key]!r} -> {now!r}); a plugin declares new keys only (its own TRAINER.<NODE>)"
+            )
     return cfg
 
 
@@ -211,8 +229,19 @@ def _unknown_key_error(key, cfg, source):
     siblings = [name.rpartition(".")[2] for name in declared if name.rpartition(".")[0] == node]
     close = [f"{node}.{name}" if node else name for name in difflib.get_close_matches(leaf, siblings, n=2, cutoff=0.5)]
     close = close or difflib.get_close_matches(key, declared, n=2, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(close)}?" if close else " trainers/config.py declares every key of the project."
+    if close:
+        hint = f" Did you mean {' or '.join(close)}?"
+    elif key.startswith("TRAINER.") and node.count(".") == 1 and node not in declared_nodes(cfg):
+        hint = (f" No trainer here declares {node}: a trainer from outside the project declares its keys in its "
+                "plugin's extend_cfg (train.py --plugin MODULE, or FDBPL_PLUGINS=MODULE for the scripts).")
+    else:
+        hint = " trainers/config.py declares every key of the project."
     return ValueError(f"{source}: unknown config key {key}.{hint}")
+
+
+def declared_nodes(cfg):
+    """Dotted names of every node of the config (TRAINER, TRAINER.COOP, ...)."""
+    return {name.rpartition(".")[0] for name in flat_keys(cfg)}
 
 
 def _unknown_keys(loaded, node, prefix=""):
@@ -311,3 +340,16 @@ def check_registered(cfg):
         close = difflib.get_close_matches(value, ours, n=1)
         hint = f' Did you mean "{close[0]}"?' if close else ""
         raise ValueError(f'{key} is "{value}", which is not registered.{hint} Available: {", ".join(ours)}')
+
+
+def check_supervision(cfg):
+    """A table given to a trainer that does not read tables would be silently unused: it trains on hard labels."""
+    from .ril_supervision import RILSupervision
+
+    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if cfg.TRAINER.FDBPL.RIL_TABLE and not issubclass(trainer, RILSupervision):
+        raise ValueError(
+            f"TRAINER.FDBPL.RIL_TABLE is set, but {cfg.TRAINER.NAME} does not train from RIL tables (it has no "
+            f"RILSupervision), so it would train on hard labels: use an FDBPL trainer (e.g. {cfg.TRAINER.NAME}_FDBPL, "
+            "or class X_FDBPL(RILSupervision, X) for your own) or drop the table"
+        )
