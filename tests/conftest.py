@@ -43,7 +43,7 @@ def run_script(*args, cwd=REPO_ROOT, env=None, timeout=900):
     )
     if result.returncode != 0:
         raise AssertionError(
-            f"{' '.join(args)} exited with {result.returncode}\n"
+            f"{' '.join(map(str, args))} exited with {result.returncode}\n"
             f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result

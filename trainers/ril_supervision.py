@@ -1,17 +1,36 @@
-"""FDBPL supervision for any Dassl prompt trainer: RIL regions and soft labels replace hard labels.
+"""FDBPL supervision for any Dassl trainer: RIL regions and soft labels replace hard labels.
 
-Put `RILSupervision` before the trainer class (`class MyTrainer_FDBPL(RILSupervision, MyTrainer)`)
-and compute the loss of a region batch with `self.ril_forward(*self.parse_ril_batch(batch))`. The
-region loader is built when training starts, so `--eval-only` needs no table.
+Put `RILSupervision` first among the bases (`class MyTrainer_FDBPL(RILSupervision, MyTrainer)`; the
+other order is refused when the class is defined) and register the class. It works on this project's
+`PromptTrainer`s and on Dassl `TrainerX` subclasses of other code (CoOp, CoCoOp, KgCoOp as their
+repositories have them): when training starts it builds the region loader, and its `forward_backward`
+computes the FDBPL loss and steps with what the trainer has (a `scaler` under amp, its optimisers,
+Dassl's per-epoch schedule). A batch that does not come from the region loader stops the run.
 
-With TRAINER.FDBPL.DUAL_PROMPTS, `add_negative_prompts()` gives the model a negative text context
-(NEG_CTX_INIT) of the positive one's length, trained with FDBPL's L_neg and difference terms. In
-deep-prompt models it replaces the positive context at the text input only: deeper text prompts
-(and MaPLe's vision prompts, projected from the positive ones) are shared by both prompt sets.
+The model is scored through `encode_image` / `encode_text` / `logits` when it has them (this project's
+models); else `region_logits` calls `self.model(images)`, which must give (B, C) logits or
+(logits, extra_loss), the extra loss (e.g. KgCoOp's score) being added to the FDBPL loss unweighted.
+For a model that returns its loss while training (the CoOp repository's CoCoOp), set
+`LOGITS_IN_EVAL_MODE = True`: logits come from the model in eval mode, with gradients; or override
+`region_logits`.
+
+With TRAINER.FDBPL.DUAL_PROMPTS, negative prompts (NEG_CTX_INIT) of the positive context's length are
+trained with FDBPL's L_neg and difference terms. This project's models get a second prompt learner; in
+deep-prompt models it replaces the positive context at the text input only, so deeper text prompts
+(and MaPLe's vision prompts, projected from the positive ones) are shared by both prompt sets. A model
+of other code whose `prompt_learner` holds a learnable `ctx` gets a second context (`prompt_learner_neg`,
+registered and checkpointed); its negative logits come from the model's own forward with the context
+swapped, which runs the image encoder a second time, and such a model exposes no class text features,
+so L_diff2 is not available there (LAMBDA_DIFF2 must be 0).
+
+TRAINER.FDBPL.TEACHER_SOURCE online is the KDPL baseline: the same losses, with soft labels from a
+teacher CLIP (TEACHER_BACKBONE) run on every batch of Dassl's training images instead of a table.
 """
 from collections import namedtuple
+from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
@@ -19,17 +38,58 @@ from ril.format import RILTableError, run_fingerprint
 from ril.reader import RILTable
 from ril.region_dataset import RegionDataset, collate_regions
 
-from .clip_loading import backbone_id
+from .base import TrainingSetupError, backward_and_update, end_of_epoch_step, register_trainable
+from .clip_loading import backbone_id, load_clip
 from .losses import fdbpl_loss_terms, information_weight, positive_kd_loss, weighted_total
-from .prompt_learners import PromptLearner
+from .online_teacher import load_online_teacher
+from .prompt_learners import PromptLearner, count_tokens, embed_words
 
 RegionTargets = namedtuple("RegionTargets", "soft_label entropy label")
 RegionForward = namedtuple("RegionForward", "logits image_features text_features loss summary")
 LOSS_TERMS = ("pos", "neg", "diff1", "diff2")
+TEACHER_SOURCES = ("ril", "online")
+# Methods a trainer class placed before the mixin would take from it: training would silently use hard labels.
+MIXIN_METHODS = ("forward_backward", "build_model", "before_train")
+
+
+def has_prompt_encoders(model):
+    """True for this project's models (PromptedCLIP and its subclasses), scored feature by feature."""
+    return all(callable(getattr(model, name, None)) for name in ("encode_image", "encode_text", "logits"))
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode (gradients still flow), each submodule's training flag restored afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextmanager
+def swapped_context(learner, ctx):
+    """`learner.ctx` replaced by the Parameter `ctx` for the duration."""
+    positive = learner.ctx
+    learner.ctx = ctx
+    try:
+        yield
+    finally:
+        learner.ctx = positive
+
+
+class NegativeContext(nn.Module):
+    """The negative prompts of a model of other code: a context shaped as its positive `ctx`."""
+
+    def __init__(self, ctx):
+        super().__init__()
+        self.ctx = nn.Parameter(ctx)
 
 
 class RILSupervision:
-    """Mixin for a `PromptTrainer`: training reads an RIL table (TRAINER.FDBPL.*), never a teacher.
+    """Mixin for a Dassl trainer: training reads an RIL table (TRAINER.FDBPL.*), never a teacher.
 
     Its `forward_backward` replaces the method's loss by the FDBPL loss; a method with regularisers
     of its own overrides it and adds them to `ril_forward(...).loss`.
@@ -37,6 +97,20 @@ class RILSupervision:
 
     # Only trainers whose image branch is frozen and prompt-free can use stored image features.
     SUPPORTS_FEATURE_CACHE = False
+    # The hook for models that return their loss while training: take their logits in eval mode.
+    LOGITS_IN_EVAL_MODE = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        for earlier in mro[: mro.index(RILSupervision)]:
+            taken = [name for name in MIXIN_METHODS if name in vars(earlier)]
+            if taken and not issubclass(earlier, RILSupervision):
+                raise TypeError(
+                    f"{cls.__name__}: {earlier.__name__} comes before RILSupervision among its bases, so its "
+                    f"{', '.join(taken)} would run instead of the mixin's and training would use hard labels; "
+                    f"write class {cls.__name__}(RILSupervision, {earlier.__name__})"
+                )
 
     @property
     def ril_cfg(self):
@@ -46,6 +120,10 @@ class RILSupervision:
     def dual_prompts(self):
         return self.ril_cfg.DUAL_PROMPTS
 
+    @property
+    def online_teacher_source(self):
+        return self.ril_cfg.TEACHER_SOURCE == "online"
+
     def add_negative_prompts(self):
         """Attach and register `prompt_learner_neg` (after `build_model` made `self.model`)."""
         positive = self.model.prompt_learner
@@ -53,42 +131,117 @@ class RILSupervision:
             self.clip_model, self.dm.dataset.classnames, n_ctx=positive.n_ctx, ctx_init=self.ril_cfg.NEG_CTX_INIT,
             csc=positive.ctx.dim() == 3, class_token_position=positive.class_token_position,
         ).to(self.device)
-        if negative.n_ctx != positive.n_ctx:
-            raise ValueError(
-                f"TRAINER.FDBPL.NEG_CTX_INIT {self.ril_cfg.NEG_CTX_INIT!r} has {negative.n_ctx} tokens but the "
-                f"positive context has {positive.n_ctx}: give at least {positive.n_ctx} words"
-            )
+        self._check_negative_length(negative.n_ctx, positive.n_ctx)
         self.model.prompt_learner_neg = negative
         self.register_trainable("prompt_learner_neg", negative)
 
+    def add_negative_context(self):
+        """Register `prompt_learner_neg`, a second context for a model of other code (its prompt_learner.ctx)."""
+        model, node = self.model, self.ril_cfg
+        ctx = getattr(getattr(model, "prompt_learner", None), "ctx", None)
+        if not isinstance(ctx, nn.Parameter):
+            raise ValueError(
+                f"TRAINER.FDBPL.DUAL_PROMPTS needs a learnable context, model.prompt_learner.ctx (as in CoOp and "
+                f"CoCoOp), which {type(model).__name__} has not; set TRAINER.FDBPL.DUAL_PROMPTS False"
+            )
+        if node.LAMBDA_DIFF2 != 0:
+            raise ValueError(
+                f"TRAINER.FDBPL.LAMBDA_DIFF2 is {node.LAMBDA_DIFF2}, but L_diff2 compares class text features, which "
+                f"{type(model).__name__} does not expose (it has no encode_text); set TRAINER.FDBPL.LAMBDA_DIFF2 0"
+            )
+        n_ctx = ctx.shape[-2]
+        self._check_negative_length(min(count_tokens(node.NEG_CTX_INIT), n_ctx), n_ctx)
+        clip_model = getattr(self, "clip_model", None) or load_clip(self.cfg.MODEL.BACKBONE.NAME, "fp32", "cpu")
+        init = embed_words(clip_model.token_embedding, node.NEG_CTX_INIT, n_ctx).to(ctx.device, ctx.dtype)
+        negative = NegativeContext(init.expand_as(ctx).clone())
+        self.negative_context = negative
+        register_trainable(self, "prompt_learner_neg", negative)
+
+    def _check_negative_length(self, negative, positive):
+        if negative != positive:
+            raise ValueError(
+                f"TRAINER.FDBPL.NEG_CTX_INIT {self.ril_cfg.NEG_CTX_INIT!r} has {negative} tokens but the "
+                f"positive context has {positive}: give at least {positive} words"
+            )
+
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
-        if cfg.TRAINER.FDBPL.FEATURE_CACHE and not self.SUPPORTS_FEATURE_CACHE:
+        node = cfg.TRAINER.FDBPL
+        if node.TEACHER_SOURCE not in TEACHER_SOURCES:
+            raise ValueError(f"TRAINER.FDBPL.TEACHER_SOURCE must be one of {TEACHER_SOURCES}; got {node.TEACHER_SOURCE!r}")
+        if node.FEATURE_CACHE and not self.SUPPORTS_FEATURE_CACHE:
             raise ValueError(
                 f"TRAINER.FDBPL.FEATURE_CACHE is on, but {type(self).__name__} prompts or trains its image "
                 "encoder, so stored image features would be stale; set TRAINER.FDBPL.FEATURE_CACHE False"
             )
+        if node.TEACHER_SOURCE == "online" and (node.RIL_TABLE or node.FEATURE_CACHE):
+            raise ValueError(
+                "TRAINER.FDBPL.TEACHER_SOURCE online runs the teacher on every batch and reads no table: unset "
+                "TRAINER.FDBPL.RIL_TABLE and FEATURE_CACHE, or train from the table with TEACHER_SOURCE ril"
+            )
 
     def build_model(self):
         super().build_model()
-        if self.dual_prompts:
+        if not self.dual_prompts:
+            return
+        if has_prompt_encoders(self.model):
             self.add_negative_prompts()
+        else:
+            self.add_negative_context()
 
     def forward_backward(self, batch):
-        with self.autocast():
+        with self.ril_autocast():
             result = self.ril_forward(*self.parse_ril_batch(batch))
-        self.backward_and_update(result.loss)
-        self.end_of_epoch_step()
+        self.ril_update(result.loss)
         return result.summary
 
+    def ril_autocast(self):
+        """The trainer's autocast (a PromptTrainer's), else fp16 autocast on CUDA when it keeps a grad scaler."""
+        own = getattr(super(), "autocast", None)
+        if own is not None:
+            return own()
+        return torch.autocast("cuda", dtype=torch.float16) if getattr(self, "scaler", None) else nullcontext()
+
+    def ril_update(self, loss):
+        """The trainer's optimiser step (through its scaler under amp), then Dassl's per-epoch schedule."""
+        own = getattr(super(), "backward_and_update", None)
+        if own is not None:
+            own(loss)
+        else:
+            backward_and_update(self, loss)
+        end_of_epoch_step(self)
+
+    def before_train(self):
+        if not hasattr(super(), "prepare_training"):  # a Dassl trainer of other code: nothing else calls it
+            try:
+                self.prepare_training()
+            except (FileNotFoundError, ValueError) as error:
+                raise TrainingSetupError(str(error)) from error
+        super().before_train()
+
     def prepare_training(self):
-        super().prepare_training()
-        self.train_loader_x = self.build_region_loader()
+        """Build the region loader (or the online teacher) when training starts, so `--eval-only` needs none."""
+        parent = getattr(super(), "prepare_training", None)
+        if parent is not None:
+            parent()
+        if self.online_teacher_source:
+            self.ril_teacher = self.build_online_teacher()
+        else:
+            self.train_loader_x = self.build_region_loader()
 
     def before_epoch(self):
         super().before_epoch()
         if isinstance(self.train_loader_x.dataset, RegionDataset):
             self.train_loader_x.dataset.set_epoch(self.epoch)
+
+    def build_online_teacher(self):
+        node, cfg = self.ril_cfg, self.cfg
+        print(f"Online teacher {node.TEACHER_BACKBONE} (TRAINER.FDBPL.TEACHER_SOURCE online): soft labels of every "
+              "training batch, no table")
+        return load_online_teacher(
+            node.TEACHER_BACKBONE, self.dm.dataset.classnames, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, self.device,
+            templates=node.TEACHER_TEMPLATES, truncate=cfg.MODEL.TEXT_TRUNCATION, dataset_name=cfg.DATASET.NAME,
+        )
 
     def build_region_loader(self):
         """A loader of BATCH_SIZE regions per batch (BATCH_SIZE / REPEAT images) from the run's table."""
@@ -122,11 +275,28 @@ class RILSupervision:
 
     def parse_ril_batch(self, batch):
         """(pixels (B, 3, H, W) or stored image features (B, D), RegionTargets) on the device."""
+        if self.online_teacher_source:
+            return self.online_targets(batch)
+        if "soft_label" not in batch:
+            raise TrainingSetupError(
+                f"{type(self).__name__} got a training batch without soft labels (keys: {', '.join(sorted(batch))}): "
+                "its train loader is not the RIL region loader, so it would train on hard labels. Something "
+                "replaced train_loader_x after RILSupervision.before_train built it (or a before_train did not "
+                "call super().before_train())"
+            )
         inputs = batch["feature"] if self.ril_cfg.FEATURE_CACHE else batch["img"]
         targets = RegionTargets(
             batch["soft_label"].to(self.device), batch["entropy"].to(self.device), batch["label"].to(self.device)
         )
         return inputs.to(self.device), targets
+
+    def online_targets(self, batch):
+        """(images, RegionTargets) of a batch of Dassl's training images, scored by the online teacher."""
+        images = batch["img"].to(self.device)
+        log_prob = F.log_softmax(self.ril_teacher.logits(images).float(), dim=1)
+        prob = log_prob.exp()
+        entropy = -(prob * log_prob).sum(dim=1)
+        return images, RegionTargets(prob, entropy, batch["label"].to(self.device))
 
     def region_image_features(self, model, inputs):
         """Normalised image features (B, E): from the stored cache, or the model's image encoder."""
@@ -134,9 +304,33 @@ class RILSupervision:
             return F.normalize(inputs.type(model.dtype), dim=-1)
         return model.encode_image(inputs)
 
+    def region_logits(self, images):
+        """(logits (B, C), extra loss or None) of a model of other code on training images: `self.model(images)`,
+        in eval mode with LOGITS_IN_EVAL_MODE. Override it for a model that needs more (e.g. labels)."""
+        model = self.model
+        with eval_mode(model) if self.LOGITS_IN_EVAL_MODE else nullcontext():
+            try:
+                output = model(images)
+            except TypeError as error:  # e.g. CoCoOp's forward(image, label) asking for its label
+                raise TrainingSetupError(
+                    f"{type(model).__name__}(images) failed while training ({error}): a model that needs labels or "
+                    f"returns its loss while training needs LOGITS_IN_EVAL_MODE = True on {type(self).__name__}, "
+                    "or an override of region_logits (README: Add FDBPL to your Dassl trainer)"
+                ) from error
+        logits, extra = output if isinstance(output, tuple) else (output, None)
+        if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+            raise TrainingSetupError(
+                f"{type(model).__name__}(images) returned a tensor of shape {tuple(logits.shape)} while training, "
+                f"not ({images.shape[0]}, classes) logits: a model that returns its loss while training needs "
+                f"LOGITS_IN_EVAL_MODE = True on {type(self).__name__}, or an override of region_logits"
+            )
+        return logits, extra
+
     def ril_forward(self, inputs, targets):
         """RegionForward of a region batch: positive logits, features, and the FDBPL loss with its summary."""
         model = self.model
+        if not has_prompt_encoders(model):
+            return self.ril_forward_of_other_code(inputs, targets)
         image_features = self.region_image_features(model, inputs)
         if self.dual_prompts:
             text_features, text_neg = model.encode_text_pair()
@@ -146,6 +340,19 @@ class RILSupervision:
         logits = model.logits(image_features, text_features)
         loss, summary = self.ril_loss(logits, targets, dual)
         return RegionForward(logits, image_features, text_features, loss, summary)
+
+    def ril_forward_of_other_code(self, images, targets):
+        """RegionForward (no features) of a model scored by `region_logits`; its extra loss is added."""
+        logits, extra = self.region_logits(images)
+        dual = None
+        if self.dual_prompts:  # the negative pass's own extra loss regularises nothing of the method: dropped
+            with swapped_context(self.model.prompt_learner, self.negative_context.ctx):
+                dual = (self.region_logits(images)[0], None, None)
+        loss, summary = self.ril_loss(logits, targets, dual)
+        if extra is not None:
+            loss = loss + extra
+            summary.update(loss=loss.item(), extra=extra.item())
+        return RegionForward(logits, None, None, loss, summary)
 
     def ril_loss(self, logits_pos, targets, dual=None):
         """(loss, summary): L_pos alone, or with `dual = (logits_neg, text_pos, text_neg)` all FDBPL terms."""
@@ -159,4 +366,4 @@ class RILSupervision:
             logits_pos, logits_neg, text_pos, text_neg, targets.soft_label, targets.entropy, node.ALPHA
         )
         loss = weighted_total(terms, node.LAMBDA_NEG, node.LAMBDA_DIFF1, node.LAMBDA_DIFF2)
-        return loss, {"loss": loss.item(), **{name: terms[name].item() for name in LOSS_TERMS}}
+        return loss, {"loss": loss.item(), **{name: terms[name].item() for name in LOSS_TERMS if name in terms}}
