@@ -434,7 +434,8 @@ def test_checkpoint_of_another_method_or_setting_is_named(synthetic_root, tiny_s
     state, trainable = promptsrc_state(promptsrc)
     save_as_reference(tmp_path / "src", "VLPromptLearner", state, trainable)
     with pytest.raises(FileNotFoundError, match=r"No 'prompt_learner' folder in .*src, which holds VLPromptLearner/ "
-                                                r"\(PromptSRC, PromptKD\) of the reference code: CoOp does not read"):
+                                                r"\(PromptSRC, IVLP, PromptKD\) of the reference code: CoOp does not "
+                                                r"read"):
         coop.load_model(str(tmp_path / "src"), epoch=EPOCH)
     promptkd = build(synthetic_root, "PromptKD", tiny_student, tmp_path / "promptkd",
                      "TRAINER.PROMPTKD.TEACHER_BACKBONE", tiny_student)
