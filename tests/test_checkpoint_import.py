@@ -11,6 +11,7 @@ import collections
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
@@ -358,6 +359,30 @@ def test_published_teacher_of_another_clip_is_named(published_teacher, tiny_stud
                                          r"has shape .*\(this run's teacher CLIP is 'student\.pt'\)"):
         read_teacher_prompts(str(published_teacher), 2, load_clip(tiny_student), "student.pt")
 
+
+
+def test_the_published_cross_dataset_teacher_folder_is_read_as_is(published_teacher, tiny_teacher, tmp_path):
+    """PromptKD's README publishes its cross-dataset teacher as ImageNet-xd/VLPromptLearner_large/model.pth.tar-20."""
+    from trainers.checkpoint_import import published_layout, reference_folders
+    from trainers.clip_loading import load_clip
+    from trainers.online_teacher import read_teacher_prompts, teacher_checkpoint
+
+    cross = tmp_path / "ImageNet-xd"
+    shutil.copytree(published_teacher / "VLPromptLearner", cross / "VLPromptLearner_large")
+    path, layout = teacher_checkpoint(str(cross), EPOCH)
+    assert (path, layout.folder) == (str(cross / "VLPromptLearner_large" / f"model.pth.tar-{EPOCH}"),
+                                     "VLPromptLearner_large")
+    clip_model = load_clip(tiny_teacher)
+    prompts, read_from = read_teacher_prompts(str(cross), EPOCH, clip_model, "teacher.pt")
+    expected, _ = read_teacher_prompts(str(published_teacher), EPOCH, clip_model, "teacher.pt")
+    assert read_from == path and prompts.keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in prompts.items())
+    assert published_layout("PromptSRC", str(cross), ["prompt_learner", "gpa"]).folder == "VLPromptLearner_large"
+    assert reference_folders(str(cross)) == ["VLPromptLearner_large/ (PromptSRC, IVLP)"]
+    with pytest.raises(FileNotFoundError, match=r"holds neither prompt_learner/ \(a PromptSRC run of train\.py\) nor "
+                                                r"VLPromptLearner/ or VLPromptLearner_large/ \(a published PromptKD "
+                                                r"teacher\)"):
+        teacher_checkpoint(str(tmp_path), EPOCH)
 
 
 def test_a_coop_run_of_the_reference_code_resumes_with_its_momentum_and_schedule(

@@ -11,7 +11,7 @@ A key that no rule matches is an error: the file is not that method's.
 """
 import os.path as osp
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -45,13 +45,22 @@ class Frozen:
 
 @dataclass(frozen=True)
 class Layout:
-    """How the reference code `method` saves: its Dassl model folder and the rules for its keys. `unused` names
-    this project's modules that the file has no counterpart of; evaluation does not need them."""
+    """How the reference code `method` saves: its Dassl model folder (`other_folders`: names its files are also
+    published under) and the rules for its keys. `unused` names this project's modules that the file has no
+    counterpart of; evaluation does not need them."""
 
     method: str
     folder: str
     rules: tuple
     unused: tuple = ()
+    other_folders: tuple = ()
+
+    def in_directory(self, directory):
+        """This layout with `folder` the one of its folders that `directory` holds, or None."""
+        for folder in (self.folder, *self.other_folders):
+            if osp.isdir(osp.join(directory, folder)):
+                return replace(self, folder=folder)
+        return None
 
     def sort(self, state_dict, source):
         """({module: state dict}, [Frozen]) of a checkpoint's `state_dict`; `source` names the file in errors."""
@@ -106,7 +115,8 @@ MAPLE = Layout("MaPLe", "MultiModalPromptLearner", (
     *_FROZEN_TOWERS,
 ))
 
-# IVLP (multimodal-prompt-learning) and PromptSRC; also PromptKD's teachers, trained with PromptSRC's code.
+# IVLP (multimodal-prompt-learning) and PromptSRC; also PromptKD's teachers, trained with PromptSRC's code (its
+# published cross-dataset teacher in VLPromptLearner_large/).
 PROMPTSRC = Layout("PromptSRC", "VLPromptLearner", (
     Rule(r"prompt_learner\.token_(prefix|suffix)2?", REBUILT),
     Rule(r"prompt_learner\.ctx", "prompt_learner", "ctx"),
@@ -114,7 +124,8 @@ PROMPTSRC = Layout("PromptSRC", "VLPromptLearner", (
     Rule(r"text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow", "prompt_learner", r"text_prompts.layer.\1"),
     Rule(r"prompt_learner\.ZS_image_encoder\.(.+)", CLIP, r"visual.\1"),  # PromptSRC's zero-shot image tower
     *_FROZEN_TOWERS,
-), unused=("gpa",))  # the Gaussian aggregate is already in the saved prompts
+), unused=("gpa",),  # the Gaussian aggregate is already in the saved prompts
+    other_folders=("VLPromptLearner_large",))
 
 # Vision prompts alone, in a LayerPrompts registered as `prompt_learner` (PromptKD's student, VPT).
 _VISION_LAYERS = (
@@ -140,11 +151,9 @@ def published_layout(trainer_name, directory, module_names):
     """The reference layout of the run folder `directory` for `trainer_name`, or None when it holds this
     project's model folders (`module_names`) or no layout of that trainer."""
     layout = LAYOUTS.get(trainer_name)
-    if layout is None or not osp.isdir(osp.join(directory, layout.folder)):
+    if layout is None or any(osp.isdir(osp.join(directory, name)) for name in module_names):
         return None
-    if any(osp.isdir(osp.join(directory, name)) for name in module_names):
-        return None
-    return layout
+    return layout.in_directory(directory)
 
 
 def reference_folders(directory):
@@ -152,8 +161,9 @@ def reference_folders(directory):
     that read it."""
     trainers = {}
     for trainer, layout in LAYOUTS.items():
-        if osp.isdir(osp.join(directory, layout.folder)):
-            trainers.setdefault(layout.folder, []).append(trainer)
+        found = layout.in_directory(directory)
+        if found is not None:
+            trainers.setdefault(found.folder, []).append(trainer)
     return [f"{folder}/ ({', '.join(names)})" for folder, names in trainers.items()]
 
 

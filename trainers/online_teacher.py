@@ -29,14 +29,18 @@ OWN_FOLDER = "prompt_learner"  # a PromptSRC run of train.py; else a published t
 
 def teacher_checkpoint(directory, epoch=None):
     """(path, layout) of the prompt checkpoint of a teacher run: layout None for this project's own run,
-    PROMPTSRC for a published teacher; epoch None = model-best.pth.tar."""
-    for folder, layout in ((OWN_FOLDER, None), (PROMPTSRC.folder, PROMPTSRC)):
-        if osp.isdir(osp.join(directory, folder)):
-            return checkpoint_path(directory, folder, epoch), layout
+    PROMPTSRC's for a published teacher (VLPromptLearner/, or the cross-dataset one's VLPromptLearner_large/);
+    epoch None = model-best.pth.tar."""
+    if osp.isdir(osp.join(directory, OWN_FOLDER)):
+        return checkpoint_path(directory, OWN_FOLDER, epoch), None
+    layout = PROMPTSRC.in_directory(directory)
+    if layout is not None:
+        return checkpoint_path(directory, layout.folder, epoch), layout
+    folders = " or ".join(f"{folder}/" for folder in (PROMPTSRC.folder, *PROMPTSRC.other_folders))
     raise FileNotFoundError(
         f"Teacher folder {directory!r} holds neither prompt_learner/ (a PromptSRC run of train.py) nor "
-        "VLPromptLearner/ (a published PromptKD teacher): give the stage-1 output folder, or no folder "
-        "for a zero-shot teacher"
+        f"{folders} (a published PromptKD teacher): give the stage-1 output folder, or no folder for a "
+        "zero-shot teacher"
     )
 
 
