@@ -418,14 +418,6 @@ def test_a_coop_run_of_the_reference_code_resumes_with_its_momentum_and_schedule
     assert refused.returncode == 2 and "but no run_config.yaml" in refused.stderr
 
 
-def test_whole_model_runs_of_the_reference_code_are_not_resumed(synthetic_root, tiny_student, tmp_path):
-    trainer = build(synthetic_root, "MaPLe", tiny_student, tmp_path / "source")
-    state, trainable = maple_state(trainer)
-    save_as_reference(tmp_path / "maple", "MultiModalPromptLearner", state, trainable, epoch=1)
-    with pytest.raises(ValueError, match=r"holds a MaPLe run of the reference code \(MultiModalPromptLearner/\), "
-                                         r"which is not resumed here"):
-        trainer.resume_model_if_exist(str(tmp_path / "maple"))
-
 # Refusals ----------------------------------------------------------------------------------------------------
 
 def test_checkpoint_of_another_clip_is_named_as_such(synthetic_root, tiny_student, tmp_path):

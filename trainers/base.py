@@ -140,16 +140,15 @@ class PromptTrainer(TrainerX):
 
     def resume_model_if_exist(self, directory):
         """Load the newest epoch every model folder holds, with its optimiser and schedule; its training
-        state is restored at the end of `before_train`. Returns the epoch to start from. A CoOp run of the
-        reference code resumes too (its pickled scheduler read as a state); whole-model ones are refused."""
+        state is restored at the end of `before_train`. Returns the epoch to start from. Runs of the reference
+        code resume too: CoOp's here (its pickled scheduler read as a state), whole-model ones through their layout
+        (trainers/reference_resume.py)."""
+        from .reference_resume import resume_reference_run
+
         names = self.get_model_names()
         layout = published_layout(type(self).__name__, directory, names)
         if layout is not None:
-            raise ValueError(
-                f"{directory} holds a {layout.method} run of the reference code ({layout.folder}/), which is not "
-                "resumed here: its optimiser state covers the whole CLIP by position (and PromptSRC's file lacks "
-                "the running prompt average). Evaluate it with --eval-only, or train anew"
-            )
+            return resume_reference_run(self, directory, layout, load_module_state)
         epoch = latest_common_epoch(directory, names)
         if epoch is None:
             print("No checkpoint found, train from scratch")

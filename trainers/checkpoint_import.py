@@ -46,12 +46,14 @@ class Frozen:
 @dataclass(frozen=True)
 class Layout:
     """How the reference code `method` saves: its Dassl model folder (`other_folders`: names its files are also
-    published under) and the rules for its keys. `unused` names this project's modules that the file has no
-    counterpart of; evaluation does not need them."""
+    published under), the rules for its keys, and `buffers`, the pattern of the keys that are buffers, not
+    parameters (its optimiser numbers the parameters only; empty: none). `unused` names this project's modules
+    that the file has no counterpart of; evaluation does not need them."""
 
     method: str
     folder: str
     rules: tuple
+    buffers: str = ""
     unused: tuple = ()
     other_folders: tuple = ()
 
@@ -66,14 +68,18 @@ class Layout:
         """({module: state dict}, [Frozen]) of a checkpoint's `state_dict`; `source` names the file in errors."""
         prompts, frozen = {}, []
         for file_key, value in state_dict.items():
-            rule, match = self._rule(file_key, source)
-            key = match.expand(rule.key) if rule.key else file_key
-            value = rule.convert(value) if rule.convert else value
-            if rule.target == CLIP:
+            target, key, convert = self.place(file_key, source)
+            value = convert(value) if convert else value
+            if target == CLIP:
                 frozen.append(Frozen(file_key, key, value))
-            elif rule.target != REBUILT:
-                prompts.setdefault(rule.target, {})[key] = value
+            elif target != REBUILT:
+                prompts.setdefault(target, {})[key] = value
         return prompts, frozen
+
+    def place(self, file_key, source):
+        """(target, key, conversion or None) of the file's `file_key`; `source` names the file in errors."""
+        rule, match = self._rule(file_key, source)
+        return rule.target, match.expand(rule.key) if rule.key else file_key, rule.convert
 
     def _rule(self, file_key, source):
         for rule in self.rules:
@@ -109,11 +115,14 @@ _IVLP_VISION = (
     Rule(r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow", "prompt_learner", r"vision_prompts.layer.\1"),
 )
 
+# The references' CLIP (clip/model.py) registers no buffer; their prompt learners and PromptKD's projector do.
 MAPLE = Layout("MaPLe", "MultiModalPromptLearner", (
     Rule(r"prompt_learner\.token_(prefix|suffix)", REBUILT),
     Rule(r"prompt_learner\.(.+)", "prompt_learner", r"\1"),  # ctx, proj, compound_prompts_text, ..._projections
     *_FROZEN_TOWERS,
-))
+), buffers=r"prompt_learner\.token_(prefix|suffix)")
+
+ZERO_SHOT_TOWER = "prompt_learner.ZS_image_encoder."  # PromptSRC's frozen image tower for its zero-shot features
 
 # IVLP (multimodal-prompt-learning) and PromptSRC; also PromptKD's teachers, trained with PromptSRC's code (its
 # published cross-dataset teacher in VLPromptLearner_large/).
@@ -122,9 +131,10 @@ PROMPTSRC = Layout("PromptSRC", "VLPromptLearner", (
     Rule(r"prompt_learner\.ctx", "prompt_learner", "ctx"),
     *_IVLP_VISION,
     Rule(r"text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow", "prompt_learner", r"text_prompts.layer.\1"),
-    Rule(r"prompt_learner\.ZS_image_encoder\.(.+)", CLIP, r"visual.\1"),  # PromptSRC's zero-shot image tower
+    Rule(re.escape(ZERO_SHOT_TOWER) + "(.+)", CLIP, r"visual.\1"),
     *_FROZEN_TOWERS,
-), unused=("gpa",),  # the Gaussian aggregate is already in the saved prompts
+), buffers=r"prompt_learner\.token_(prefix|suffix)2?",
+    unused=("gpa",),  # the Gaussian aggregate is already in the saved prompts
     other_folders=("VLPromptLearner_large",))
 
 # Vision prompts alone, in a LayerPrompts registered as `prompt_learner` (PromptKD's student, VPT).
@@ -137,7 +147,7 @@ PROMPTKD = Layout("PromptKD", "VLPromptLearner", (
     *_VISION_LAYERS,
     Rule(r"VPT_image_trans\.conv1\.(.+)", "projector", r"\1", one_by_one_convolution),
     *_FROZEN_TOWERS,
-))
+), buffers=r"VPT_image_trans\.conv1\.1\.(running_mean|running_var|num_batches_tracked)")  # its BatchNorm2d
 
 # VPT (MaPLe's repository): its whole model in prompt_learner/, the folder name of this project's own modules, so
 # it is not in LAYOUTS, which find a layout by its folder; the VPT trainer tells the two apart by the file's keys.
@@ -154,6 +164,14 @@ def published_layout(trainer_name, directory, module_names):
     if layout is None or any(osp.isdir(osp.join(directory, name)) for name in module_names):
         return None
     return layout.in_directory(directory)
+
+
+def reference_method(layout, state_dict):
+    """The method whose reference code wrote `state_dict` (in `layout`): IVLP's files are PromptSRC's without its
+    zero-shot image tower."""
+    if layout.method == PROMPTSRC.method and not any(key.startswith(ZERO_SHOT_TOWER) for key in state_dict):
+        return "IVLP"
+    return layout.method
 
 
 def reference_folders(directory):
