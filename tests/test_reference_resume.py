@@ -44,11 +44,11 @@ def in_module_order(frozen, prompts):
     return ordered
 
 
-def write_reference_run(directory, folder, state, trainable, placement, optim_cfg, **extra):
+def write_reference_run(directory, folder, state, trainable, placement, optim_cfg):
     """Save as the reference does after epoch 1 of 2; the file's momentum is named through the reference model."""
     from trainers import dassl_pickle
 
-    path = save_as_reference(directory, folder, state, trainable, epoch=1, optim_cfg=optim_cfg, **extra)
+    path = save_as_reference(directory, folder, state, trainable, epoch=1, optim_cfg=optim_cfg)
     names = [name for name, _ in module_tree(state, trainable).named_parameters()]
     optimizer = dassl_pickle.load_checkpoint(path)["optimizer"]
     momentum = {names[index]: entry["momentum_buffer"] for index, entry in optimizer["state"].items()}
@@ -101,13 +101,15 @@ def resume_through_train_py(synthetic_root, student, run, trainer, output_dir, *
 
 def test_a_maple_run_of_the_reference_code_resumes_with_its_momentum_and_schedule(
         synthetic_root, tiny_student, tmp_path):
+    from trainers import dassl_pickle
+
     source = build(synthetic_root, "MaPLe", tiny_student, tmp_path / "source")
     randomise_prompts(source)
-    state, trainable = maple_state(source)  # in MaPLe's order: prompt_learner first, its CustomCLIP's logit_scale
+    state, trainable = maple_state(source)  # saved in MaPLe's order: CustomCLIP's logit_scale, then its modules
     placement = {key: ("prompt_learner", key[len("prompt_learner."):]) for key in trainable}
     run = write_reference_run(tmp_path / "maple", "MultiModalPromptLearner", state, trainable, placement,
                               source.cfg.OPTIM)
-    written = torch.load(run.path, map_location="cpu", weights_only=False)["state_dict"]
+    written = dassl_pickle.load_checkpoint(run.path)["state_dict"]
     assert list(written)[:5] == ["logit_scale", "prompt_learner.ctx", "prompt_learner.token_prefix",
                                  "prompt_learner.token_suffix", "prompt_learner.proj.weight"]
 
@@ -236,6 +238,8 @@ def test_ivlp_and_promptsrc_runs_resume_only_with_their_own_trainer(
 
 def test_a_promptkd_student_resumes_with_the_momentum_of_its_prompts_and_projector(
         synthetic_root, tiny_student, tiny_teacher, tmp_path):
+    from trainers import dassl_pickle
+
     teacher_opts = ("TRAINER.PROMPTKD.TEACHER_BACKBONE", tiny_teacher)  # zero-shot: the teacher is not resumed
     source = build(synthetic_root, "PromptKD", tiny_student, tmp_path / "source", *teacher_opts)
     source.prepare_training()  # the projector
@@ -249,7 +253,7 @@ def test_a_promptkd_student_resumes_with_the_momentum_of_its_prompts_and_project
     placement.update({key: ("prompt_learner", "layer.0" if key == "image_encoder.VPT" else f"layer.{key.split('.')[3]}")
                       for key in vision})
     run = write_reference_run(tmp_path / "promptkd", "VLPromptLearner", state, trainable, placement, source.cfg.OPTIM)
-    written = list(torch.load(run.path, map_location="cpu", weights_only=False)["state_dict"])
+    written = list(dassl_pickle.load_checkpoint(run.path)["state_dict"])
     assert written[:2] == ["logit_scale", "image_encoder.VPT"]
     assert written[-5:] == [f"VPT_image_trans.conv1.1.{name}" for name in (
         "running_mean", "running_var", "num_batches_tracked")] + ["VPT_image_trans.conv1.3.weight",
