@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 TRAINER_MODULES = (
     "zsclip", "coop", "maple", "promptsrc", "fdbpl", "coop_fdbpl", "maple_fdbpl", "promptsrc_fdbpl",
-    "caspl_boost", "caspl", "promptkd", "ivlp", "vpt", "vpt_fdbpl",
+    "caspl_boost", "caspl", "promptkd", "ivlp", "vpt", "vpt_fdbpl", "cocoop", "cocoop_fdbpl",
 )
 
 

@@ -173,6 +173,13 @@ def extend_cfg(cfg):
     cfg.TRAINER.VPT.PREC = "fp16"  # fp16, fp32, amp
     cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 1  # layers with vision prompts (1 = shallow)
 
+    # CoCoOp: CoOp's context plus a per-image shift from a meta-net on the image feature. Defaults as the CoOp
+    # repository's train.py declares them.
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 16  # number of context vectors
+    cfg.TRAINER.COCOOP.CTX_INIT = ""  # initialization words (overrides N_CTX)
+    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp (fp32 is forced on CPU)
+
 
 def get_cfg():
     """Dassl's defaults plus every project key, plus the keys of loaded plugins (trainers/plugins.py)."""

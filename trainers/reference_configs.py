@@ -27,17 +27,15 @@ MODALS = ("base2novel", "cross")
 PUBLISHED_TEACHERS = "teacher_model"
 CROSS_TEACHER, CROSS_TEACHER_EPOCH = "ImageNet-xd", 20
 
-NOT_YET = "is not implemented in this project yet (issue 16 adds CoCoOp, IVLP and VPT)"
 KDPL = "(KDPL, the official FDBPL code's online-distillation baseline) is not implemented in this project"
 ABSENT_TRAINERS = {
-    "CoCoOp": NOT_YET,
     "CoOp_OFF": "is the official FDBPL code's FDBPL trainer; here it is --trainer FDBPL, and "
                 "configs/trainers/FDBPL/official_vit_b32.yaml holds that code's setting",
     "promptsrc_off": "is the official FDBPL code's PromptSRC trained from offline soft labels; here it is "
                      "--trainer PromptSRC_FDBPL",
     **{name: KDPL for name in ("CoOp_KDPL", "CoCoOp_KDPL", "MaPLe_KDPL", "PromptSRC_KDPL", "VPT_KDPL")},
 }
-ABSENT_NODES = {"COCOOP": "CoCoOp", "KDPL": "CoOp_KDPL"}  # TRAINER.<node> -> its trainer
+ABSENT_NODES = {"KDPL": "CoOp_KDPL"}  # TRAINER.<node> -> its trainer
 
 
 def check_trainer_exists(name, source):
@@ -47,7 +45,7 @@ def check_trainer_exists(name, source):
 
 
 def absent_node_error(key, source):
-    """The error for a key of a trainer this project does not have (TRAINER.COCOOP.N_CTX), else None."""
+    """The error for a key of a trainer this project does not have (TRAINER.KDPL.TEACHER), else None."""
     parts = key.split(".")
     if len(parts) >= 2 and parts[0] == "TRAINER" and parts[1] in ABSENT_NODES:
         trainer = ABSENT_NODES[parts[1]]
