@@ -111,10 +111,6 @@ def apply_modal(cfg, modal, source):
     node.TEACHER_DIR = os.path.join(PUBLISHED_TEACHERS, cfg.DATASET.NAME if modal == "base2novel" else CROSS_TEACHER)
     if modal == "cross" and node.TEACHER_EPOCH == 0:
         node.TEACHER_EPOCH = CROSS_TEACHER_EPOCH
-    published_cross = os.path.join(node.TEACHER_DIR, "VLPromptLearner_large")
-    if os.path.isdir(published_cross) and not os.path.isdir(os.path.join(node.TEACHER_DIR, "VLPromptLearner")):
-        raise ValueError(f"{source}: the published cross-dataset teacher's folder is {published_cross}/, a name this "
-                         "project does not read yet: rename it VLPromptLearner/")
     if not os.path.isdir(node.TEACHER_DIR):
         raise ValueError(
             f"{source}: PromptKD's code reads its published {modal} teacher from {node.TEACHER_DIR}/ under the "
