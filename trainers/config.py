@@ -227,22 +227,27 @@ def flat_keys(node, prefix=""):
 
 
 def _unknown_key_error(key, cfg, source):
-    """Suggest keys of the same node with a close name first (RIL_PATH -> RIL_TABLE), then close keys anywhere."""
+    """Suggest keys of the same node with a close name first (RIL_PATH -> RIL_TABLE), then close keys anywhere;
+    a TRAINER.<NODE> no trainer declares points to plugins (trainers/plugins.py)."""
     absent = absent_node_error(key, source)
     if absent:
         return absent
     declared = list(flat_keys(cfg))
+    parts = key.split(".")
+    trainer_node = ".".join(parts[:2])
+    if parts[0] == "TRAINER" and len(parts) >= 2 and trainer_node not in declared_nodes(cfg) | set(declared):
+        close = difflib.get_close_matches(key, declared, n=1, cutoff=0.8)  # a typo in the node's name
+        hint = f" Did you mean {close[0]}?" if close else ""
+        return ValueError(
+            f"{source}: unknown config key {key}.{hint} No trainer here declares {trainer_node}: a trainer from "
+            "outside the project declares its keys in its plugin's extend_cfg (train.py --plugin MODULE, or "
+            "FDBPL_PLUGINS=MODULE for the scripts)."
+        )
     node, _, leaf = key.rpartition(".")
     siblings = [name.rpartition(".")[2] for name in declared if name.rpartition(".")[0] == node]
     close = [f"{node}.{name}" if node else name for name in difflib.get_close_matches(leaf, siblings, n=2, cutoff=0.5)]
     close = close or difflib.get_close_matches(key, declared, n=2, cutoff=0.6)
-    if close:
-        hint = f" Did you mean {' or '.join(close)}?"
-    elif key.startswith("TRAINER.") and node.count(".") == 1 and node not in declared_nodes(cfg):
-        hint = (f" No trainer here declares {node}: a trainer from outside the project declares its keys in its "
-                "plugin's extend_cfg (train.py --plugin MODULE, or FDBPL_PLUGINS=MODULE for the scripts).")
-    else:
-        hint = " trainers/config.py declares every key of the project."
+    hint = f" Did you mean {' or '.join(close)}?" if close else " trainers/config.py declares every key of the project."
     return ValueError(f"{source}: unknown config key {key}.{hint}")
 
 
@@ -344,7 +349,8 @@ def check_registered(cfg):
         if value in names:
             continue
         ours = sorted(n for n in names if registry.get(n).__module__.split(".")[0] == package)
-        close = difflib.get_close_matches(value, ours, n=1)
+        same_letters = [name for name in ours if name.lower() == value.lower()]  # Coop -> CoOp, not CoCoOp
+        close = same_letters or difflib.get_close_matches(value, ours, n=1)
         hint = f' Did you mean "{close[0]}"?' if close else ""
         raise ValueError(f'{key} is "{value}", which is not registered.{hint} Available: {", ".join(ours)}')
 

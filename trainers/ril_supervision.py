@@ -21,7 +21,7 @@ deep-prompt models it replaces the positive context at the text input only, so d
 of other code whose `prompt_learner` holds a learnable `ctx` gets a second context (`prompt_learner_neg`,
 registered and checkpointed); its negative logits come from the model's own forward with the context
 swapped, which runs the image encoder a second time, and such a model exposes no class text features,
-so L_diff2 is not available there (LAMBDA_DIFF2 must be 0).
+so L_diff2 is not available there (LAMBDA_DIFF2 must be 0.0).
 
 TRAINER.FDBPL.TEACHER_SOURCE online is the KDPL baseline: the same losses, with soft labels from a
 teacher CLIP (TEACHER_BACKBONE) run on every batch of Dassl's training images instead of a table.
@@ -147,7 +147,7 @@ class RILSupervision:
         if node.LAMBDA_DIFF2 != 0:
             raise ValueError(
                 f"TRAINER.FDBPL.LAMBDA_DIFF2 is {node.LAMBDA_DIFF2}, but L_diff2 compares class text features, which "
-                f"{type(model).__name__} does not expose (it has no encode_text); set TRAINER.FDBPL.LAMBDA_DIFF2 0"
+                f"{type(model).__name__} does not expose (it has no encode_text); set TRAINER.FDBPL.LAMBDA_DIFF2 0.0"
             )
         n_ctx = ctx.shape[-2]
         self._check_negative_length(min(count_tokens(node.NEG_CTX_INIT), n_ctx), n_ctx)
