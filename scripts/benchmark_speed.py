@@ -3,7 +3,9 @@
 Modes, timed for each student (one step = fetch a batch, as training does, + forward + backward +
 prompt update; median and range over --steps steps after --warmup):
   online-teacher  the teacher's image encoder scores every batch; KL of the student's positive
-                  branch to the teacher's logits (teacher class texts encoded once), KDPL/PromptKD style
+                  branch to the teacher's logits (teacher class texts encoded once), PromptKD style
+  fdbpl-online    KDPL: FDBPL's losses and dual prompts with soft labels from the teacher run on every batch
+                  (TRAINER.FDBPL.TEACHER_SOURCE online): fdbpl-pixels with the teacher instead of the table
   fdbpl-pixels    FDBPL from an RIL table, each region re-cut from its image
   fdbpl-cache     FDBPL from the table's student feature cache: no decoding, no image encoder
   coop            CoOp on hard labels: the cost floor of prompt learning
@@ -73,7 +75,7 @@ ARCHITECTURES = {
     "tiny-teacher": (64, 32, 3, 128, 8, 128, 3),  # scripts/make_tiny_clip.py --width 128 --layers 3
     "tiny-student": (64, 32, 2, 64, 8, 64, 2),  # scripts/make_tiny_clip.py defaults
 }
-MODES = ("online-teacher", "fdbpl-pixels", "fdbpl-cache", "coop", "coop-fdbpl", "oracle")
+MODES = ("online-teacher", "fdbpl-online", "fdbpl-pixels", "fdbpl-cache", "coop", "coop-fdbpl", "oracle")
 PARTS = ("steps", "breakdown", "truncation", "eval", "epochs")
 STAGES = ("data", "image encoder", "text encoder forward", "loss", "backward", "optimizer")
 ONLINE = MODES[0]
@@ -287,7 +289,9 @@ def benchmark_cfg(job, device):
     cfg.DATALOADER.TRAIN_X.BATCH_SIZE = job["batch_size"]
     cfg.USE_CUDA = device.type == "cuda"
     cfg.TRAINER.FDBPL.RIL_TABLE = job.get("table", "")
-    cfg.TRAINER.FDBPL.DUAL_PROMPTS = mode in ("fdbpl-pixels", "fdbpl-cache", "oracle")
+    cfg.TRAINER.FDBPL.DUAL_PROMPTS = mode in ("fdbpl-online", "fdbpl-pixels", "fdbpl-cache", "oracle")
+    if mode == "fdbpl-online":
+        cfg.TRAINER.FDBPL.TEACHER_SOURCE, cfg.TRAINER.FDBPL.TEACHER_BACKBONE = "online", job["teacher"]
     cfg.TRAINER.FDBPL.FEATURE_CACHE = mode == "fdbpl-cache"
     return cfg
 
@@ -350,6 +354,10 @@ def mode_setup(job, cfg, clip_model, table, device):
     model = harness.model
     if mode == ONLINE:
         return model, endless(harness.image_loader()), online_teacher_loss(job, model, table.classnames, device)
+    if mode == "fdbpl-online":
+        harness.ril_teacher = load_online_teacher(job["teacher"], table.classnames, CLIP_MEAN, CLIP_STD, device)
+        return model, endless(harness.image_loader()), lambda batch: harness.ril_forward(
+            *harness.parse_ril_batch(batch)).loss
     if mode == "coop":
         return model, endless(harness.image_loader()), lambda batch: F.cross_entropy(model(batch["img"]),
                                                                                       batch["label"])
@@ -711,6 +719,8 @@ def target_rows(args, runs, setup):
 
         checks = [("fdbpl-pixels speed-up vs online >= 2.2", ratio(ONLINE, "fdbpl-pixels"), lambda x: x >= 2.2),
                   ("fdbpl-cache speed-up vs online >= 10", ratio(ONLINE, "fdbpl-cache"), lambda x: x >= 10),
+                  ("fdbpl-pixels speed-up vs fdbpl-online (KDPL, same losses) >= 2.2",
+                   ratio("fdbpl-online", "fdbpl-pixels"), lambda x: x >= 2.2),
                   ("fdbpl-pixels / oracle <= 1.10", ratio("fdbpl-pixels", "oracle"), lambda x: x <= 1.10)]
         tables = {"coop-fdbpl": setup.tables[args.classes], "fdbpl-pixels": setup.tables[args.classes],
                   "fdbpl-cache": setup.caches.get(student)}
