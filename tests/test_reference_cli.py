@@ -136,22 +136,26 @@ def test_trainers_the_references_have_and_this_project_lacks_are_named(tmp_path)
 
     missing = str(tmp_path / "configs" / "trainers" / "CoCoOp_KDPL" / "vit_b32_c4_ep10_batch1_ctxv1.yaml")
     assert setup_error("--trainer", "CoCoOp_KDPL", "--config-file", missing) == (
-        "--trainer CoCoOp_KDPL: CoCoOp_KDPL (KDPL, the official FDBPL code's online-distillation baseline) is not "
-        "implemented in this project"
+        "--trainer CoCoOp_KDPL: CoCoOp_KDPL is KDPL, the official FDBPL code's online-distillation baseline; here it "
+        "is --trainer CoCoOp_FDBPL with TRAINER.FDBPL.TEACHER_SOURCE online and the teacher in "
+        "TRAINER.FDBPL.TEACHER_BACKBONE (KDPL's class-agnostic variant, TRAINER.KDPL.CLASS_AGNOSTIC, is not "
+        "implemented)"
     )
     assert setup_error("--trainer", "CoOp_OFF").startswith(
         "--trainer CoOp_OFF: CoOp_OFF is the official FDBPL code's FDBPL trainer; here it is --trainer FDBPL")
-    assert setup_error("--trainer", "PromptSRC_KDPL").endswith("is not implemented in this project")
+    assert "here it is --trainer PromptSRC_FDBPL with" in setup_error("--trainer", "PromptSRC_KDPL")
     assert setup_error("TRAINER.KDPL.CLASS_AGNOSTIC", "False") == (
-        "the override TRAINER.KDPL.CLASS_AGNOSTIC False: TRAINER.KDPL.CLASS_AGNOSTIC configures CoOp_KDPL, which "
-        "(KDPL, the official FDBPL code's online-distillation baseline) is not implemented in this project"
+        "the override TRAINER.KDPL.CLASS_AGNOSTIC False: TRAINER.KDPL.CLASS_AGNOSTIC configures CoOp_KDPL, which is "
+        "KDPL, the official FDBPL code's online-distillation baseline; here it is --trainer CoOp_FDBPL with "
+        "TRAINER.FDBPL.TEACHER_SOURCE online and the teacher in TRAINER.FDBPL.TEACHER_BACKBONE (KDPL's "
+        "class-agnostic variant, TRAINER.KDPL.CLASS_AGNOSTIC, is not implemented)"
     )
     kdpl = write_yaml(tmp_path / "kdpl.yaml", {"TRAINER": {"KDPL": {"CLASS_AGNOSTIC": False}}})
     assert setup_error("--config-file", kdpl).startswith(
-        f"{kdpl} (--config-file): TRAINER.KDPL configures CoOp_KDPL, which (KDPL, the official FDBPL code's")
+        f"{kdpl} (--config-file): TRAINER.KDPL configures CoOp_KDPL, which is KDPL, the official FDBPL code's")
     cfg = get_cfg()
     cfg.TRAINER.NAME = "VPT_KDPL"
-    with pytest.raises(ValueError, match=r"^TRAINER.NAME VPT_KDPL: VPT_KDPL \(KDPL, the official FDBPL code's"):
+    with pytest.raises(ValueError, match=r"^TRAINER.NAME VPT_KDPL: VPT_KDPL is KDPL, .* --trainer VPT_FDBPL with"):
         check_registered(cfg)
 
 
@@ -173,9 +177,9 @@ def test_config_values_reads_reference_configs_as_train_py_does(promptkd_config)
     assert result.stdout.splitlines() == ["20 224 224 bicubic", "50 224 224 bicubic"]
     result = run("scripts/lib/config_values.py", promptkd_config, "--", "TRAINER.KDPL.TEACHER", "ViT-L/14")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("config_values.py: the override TRAINER.KDPL.TEACHER ViT-L/14: "
-                                     "TRAINER.KDPL.TEACHER configures CoOp_KDPL, which (KDPL, the official FDBPL "
-                                     "code's online-distillation baseline) is not implemented in this project")
+    assert result.stderr.strip().startswith(
+        "config_values.py: the override TRAINER.KDPL.TEACHER ViT-L/14: TRAINER.KDPL.TEACHER configures CoOp_KDPL, "
+        "which is KDPL, the official FDBPL code's online-distillation baseline; here it is --trainer CoOp_FDBPL")
 
 
 def test_train_py_ends_a_reference_trainer_it_lacks_with_one_message(tmp_path):
@@ -184,7 +188,7 @@ def test_train_py_ends_a_reference_trainer_it_lacks_with_one_message(tmp_path):
                  "configs/trainers/CoCoOp_KDPL/vit_b32_c4_ep10_batch1_ctxv1.yaml", "--output-dir",
                  str(tmp_path / "out"), "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: --trainer CoCoOp_KDPL: CoCoOp_KDPL (KDPL, the official FDBPL code's")
+    assert result.stderr.startswith("error: --trainer CoCoOp_KDPL: CoCoOp_KDPL is KDPL, the official FDBPL code's")
     assert not (tmp_path / "out").exists()
 
 

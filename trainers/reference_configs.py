@@ -27,13 +27,15 @@ MODALS = ("base2novel", "cross")
 PUBLISHED_TEACHERS = "teacher_model"
 CROSS_TEACHER, CROSS_TEACHER_EPOCH = "ImageNet-xd", 20
 
-KDPL = "(KDPL, the official FDBPL code's online-distillation baseline) is not implemented in this project"
+KDPL = ("is KDPL, the official FDBPL code's online-distillation baseline; here it is --trainer {}_FDBPL with "
+        "TRAINER.FDBPL.TEACHER_SOURCE online and the teacher in TRAINER.FDBPL.TEACHER_BACKBONE (KDPL's "
+        "class-agnostic variant, TRAINER.KDPL.CLASS_AGNOSTIC, is not implemented)")
 ABSENT_TRAINERS = {
     "CoOp_OFF": "is the official FDBPL code's FDBPL trainer; here it is --trainer FDBPL, and "
                 "configs/trainers/FDBPL/official_vit_b32.yaml holds that code's setting",
     "promptsrc_off": "is the official FDBPL code's PromptSRC trained from offline soft labels; here it is "
                      "--trainer PromptSRC_FDBPL",
-    **{name: KDPL for name in ("CoOp_KDPL", "CoCoOp_KDPL", "MaPLe_KDPL", "PromptSRC_KDPL", "VPT_KDPL")},
+    **{f"{method}_KDPL": KDPL.format(method) for method in ("CoOp", "CoCoOp", "MaPLe", "PromptSRC", "VPT")},
 }
 ABSENT_NODES = {"KDPL": "CoOp_KDPL"}  # TRAINER.<node> -> its trainer
 
