@@ -22,14 +22,6 @@ REFERENCE_ENV_HELP="Environment (the protocol scripts' variables; the reference 
 Overrides after -- are appended to every train.py command, as the protocol scripts' -- KEY VALUE.
 $RESUME_HELP"
 
-# reference_absent TRAINER REPOSITORY: the wrapper of a reference script whose trainer this project lacks.
-reference_absent() {
-  echo "$PROG: this is $2's scripts/$PROG, which runs $1; $1 is not implemented in this project yet" \
-    "(issue 16 adds CoCoOp, IVLP and VPT), so nothing ran. The trainers here: ZeroshotCLIP, CoOp, MaPLe," \
-    "PromptSRC, PromptKD, CasPL and the FDBPL family (see README.md)" >&2
-  exit 2
-}
-
 # reference_setup TRAINER CFG "ARG ..." "$@": --help, the positional arguments into the variables named
 # by ARG (then the -- overrides), the environment checked, method 0 = TRAINER with config CFG (or $CFG), a
 # name in configs/trainers/<CONFIG_FOLDER, default TRAINER>/ or a .yaml path.
