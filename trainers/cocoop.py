@@ -14,7 +14,7 @@ from .prompt_learners import PromptLearner
 from .text_encoder import TextEncoder
 
 # Prompts per text-encoder pass: about what the reference encodes per pass on ImageNet (1,000 classes, one
-# image), so a pass never needs more memory than there; with fewer classes a pass covers several images.
+# image), so a pass needs at most about the memory of one there; with fewer classes it covers several images.
 TEXT_PASS_PROMPTS = 1024
 
 
