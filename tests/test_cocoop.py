@@ -1,6 +1,6 @@
 """CoCoOp and CoCoOp_FDBPL: the meta-net conditions each image's context, training and evaluation through train.py,
-from RIL tables with and without negative prompts, checkpoints and resumed runs of the CoOp repository's code, and
-its scripts/cocoop/ wrappers."""
+from RIL tables with and without negative prompts and from an online teacher, checkpoints and resumed runs of the CoOp
+repository's code, and its scripts/cocoop/ wrappers."""
 import os
 
 import pytest
@@ -194,6 +194,16 @@ def test_cocoop_fdbpl_logs_the_fdbpl_loss_of_its_logits(synthetic_root, ril_tabl
 
     train(synthetic_root, tmp_path / "new", "CoCoOp_FDBPL", tiny_student, *NEW_OPTS, *opts, eval_only_from=out)
     assert 0.0 <= log_accuracy(tmp_path / "new") <= 100.0
+
+
+def test_cocoop_fdbpl_trains_with_an_online_teacher(synthetic_root, tiny_student, tiny_teacher, tmp_path):
+    """The official FDBPL code's CoCoOp_KDPL: the same losses against a teacher run on every batch, no table."""
+    result = train(synthetic_root, tmp_path, "CoCoOp_FDBPL", tiny_student, *BASE_OPTS, *DUAL,
+                   "TRAINER.FDBPL.TEACHER_SOURCE", "online", "TRAINER.FDBPL.TEACHER_BACKBONE", tiny_teacher)
+    assert "(TRAINER.FDBPL.TEACHER_SOURCE online)" in result.stdout and "Training from RIL table" not in result.stdout
+    assert all(f" {term} " in result.stdout for term in ("pos", "neg", "diff1"))
+    assert (tmp_path / "prompt_learner_neg" / "model.pth.tar-2").is_file()
+    assert 0.0 <= log_accuracy(tmp_path) <= 100.0
 
 
 def test_cocoop_fdbpl_dual_prompts_need_lambda_diff2_zero(synthetic_root, tiny_student, tmp_path):
