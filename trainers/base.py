@@ -80,6 +80,13 @@ class PromptTrainer(TrainerX):
     def register_trainable(self, name, module, params=None):
         return register_trainable(self, name, module, params)
 
+    def install_prompted_model(self, model, name="prompt_learner", learner=None):
+        """`self.model` = `model` on the device with only its prompt learner trainable; that learner (or
+        `learner`) registered as `name` with its optimiser and schedule; the grad scaler built."""
+        self.model = freeze_all_but_prompts(model).to(self.device)
+        self.register_trainable(name, model.prompt_learner if learner is None else learner)
+        self.build_grad_scaler()
+
     def build_grad_scaler(self):
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "amp" else None
 
@@ -182,6 +189,13 @@ class PromptTrainer(TrainerX):
         model = getattr(self, "model", None)
         with model.frozen_text_features() if hasattr(model, "frozen_text_features") else nullcontext():
             return super().test(split)
+
+
+def freeze_all_but_prompts(model):
+    """Only the parameters under `model.prompt_learner` train; the CLIP stays frozen. Returns `model`."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("prompt_learner"))
+    return model
 
 
 def register_trainable(trainer, name, module, params=None):

@@ -15,7 +15,7 @@ import torch.nn as nn
 from dassl.engine import TRAINER_REGISTRY
 
 from . import dassl_compat
-from .base import checkpoint_path
+from .base import checkpoint_path, freeze_all_but_prompts
 from .caspl_boost import BOOST_MODEL, build_boosting_prompts
 from .coop import CoOp
 from .deep_prompts import DeepPromptedCLIP, PromptSource, published_ctx_init
@@ -140,9 +140,7 @@ class CasPLCascade:
             text_sources=[adapt_text, PromptSource(boost.n_ctx, partial(boost_text_layer, boost))],
         )
         self.model.boost_prompts = boost
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
-        self.model.to(self.device)
+        freeze_all_but_prompts(self.model).to(self.device)
         self.register_model(BOOST_PROMPTS, boost)
         if node.BOOST_DIR:
             load_boosting_prompts(boost, node.BOOST_DIR, node.BOOST_EPOCH)

@@ -39,10 +39,7 @@ def build_boosting_prompts(clip_model, classnames, node):
             "the words past N_CTX_TEXT would be fixed text that stage 2 does not cascade; give at most "
             "N_CTX_TEXT tokens of init words (or none for a random init)"
         )
-    return IVLPPrompts(
-        clip_model, classnames, n_ctx_text=node.N_CTX_TEXT, n_ctx_vision=node.N_CTX_VISION,
-        depth_text=node.PROMPT_DEPTH_TEXT, depth_vision=node.PROMPT_DEPTH_VISION, ctx_init=node.CTX_INIT,
-    )
+    return IVLPPrompts.from_config(clip_model, classnames, node)
 
 
 @TRAINER_REGISTRY.register()
@@ -91,12 +88,8 @@ class CasPL_Boost(RILSupervision, PromptTrainer):
     def build_model(self):
         clip_model = self.load_clip_model()
         learner = build_boosting_prompts(clip_model, self.dm.dataset.classnames, self.method_cfg)
-        self.model = DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
-        self.model.to(self.device)
-        self.register_trainable(BOOST_MODEL, learner)
-        self.build_grad_scaler()
+        model = DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION)
+        self.install_prompted_model(model, BOOST_MODEL, learner)
 
     def prepare_training(self):
         """`ril`: RILSupervision's region loader. `online`: Dassl's loader of training images, and the teacher."""

@@ -91,9 +91,4 @@ class CoCoOp(CoOp):
         learner = ConditionalPromptLearner(
             clip_model, self.dm.dataset.classnames, n_ctx=None if node.CTX_INIT else node.N_CTX, ctx_init=node.CTX_INIT
         )
-        self.model = ConditionalPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
-        self.model.to(self.device)
-        self.register_trainable("prompt_learner", learner)
-        self.build_grad_scaler()
+        self.install_prompted_model(ConditionalPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION))

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 
-from .base import PromptTrainer
+from .base import PromptTrainer, freeze_all_but_prompts
 from .prompt_learners import PromptLearner
 from .prompted_clip import PromptedCLIP
 
@@ -16,9 +16,7 @@ def build_coop_model(trainer, node):
         ctx_init=node.CTX_INIT, csc=node.CSC, class_token_position=node.CLASS_TOKEN_POSITION,
     )
     model = PromptedCLIP(clip_model, prompt_learner, trainer.cfg.MODEL.TEXT_TRUNCATION)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith("prompt_learner"))
-    return model.to(trainer.device)
+    return freeze_all_but_prompts(model).to(trainer.device)
 
 
 @TRAINER_REGISTRY.register()

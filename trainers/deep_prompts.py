@@ -206,6 +206,14 @@ class IVLPPrompts(PromptLearner):
         self.text_prompts = LayerPrompts(self.n_ctx, text_width, range(1, depth_text), device)
         self.vision_prompts = LayerPrompts(n_ctx_vision, vision_width, range(depth_vision), device)
 
+    @classmethod
+    def from_config(cls, clip_model, classnames, node):
+        """From a config node with N_CTX_TEXT, N_CTX_VISION, PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION, CTX_INIT."""
+        return cls(
+            clip_model, classnames, n_ctx_text=node.N_CTX_TEXT, n_ctx_vision=node.N_CTX_VISION,
+            depth_text=node.PROMPT_DEPTH_TEXT, depth_vision=node.PROMPT_DEPTH_VISION, ctx_init=node.CTX_INIT,
+        )
+
     def text_layer(self, layer):
         """Layer 0 is left to the prompt embeddings (`ctx` is already there), so the same text tower
         also serves other layer-0 contexts, such as FDBPL's negative prompts."""

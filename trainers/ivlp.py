@@ -18,15 +18,6 @@ class IVLP(CoOp):
     CONFIG_NODE = "IVLP"
 
     def build_model(self):
-        node = self.method_cfg
         clip_model = self.load_clip_model()
-        learner = IVLPPrompts(
-            clip_model, self.dm.dataset.classnames, n_ctx_text=node.N_CTX_TEXT, n_ctx_vision=node.N_CTX_VISION,
-            depth_text=node.PROMPT_DEPTH_TEXT, depth_vision=node.PROMPT_DEPTH_VISION, ctx_init=node.CTX_INIT,
-        )
-        self.model = DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
-        self.model.to(self.device)
-        self.register_trainable("prompt_learner", learner)
-        self.build_grad_scaler()
+        learner = IVLPPrompts.from_config(clip_model, self.dm.dataset.classnames, self.method_cfg)
+        self.install_prompted_model(DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION))

@@ -19,9 +19,4 @@ class MaPLe(CoOp):
         learner = MaPLePrompts(
             clip_model, self.dm.dataset.classnames, n_ctx=node.N_CTX, depth=node.PROMPT_DEPTH, ctx_init=node.CTX_INIT
         )
-        self.model = DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
-        self.model.to(self.device)
-        self.register_trainable("prompt_learner", learner)
-        self.build_grad_scaler()
+        self.install_prompted_model(DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION))

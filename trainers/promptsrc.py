@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 
-from .base import PromptTrainer
+from .base import PromptTrainer, freeze_all_but_prompts
 from .deep_prompts import DeepPromptedCLIP, IVLPPrompts
 from .gpa import PromptAggregate, gaussian_epoch_weights
 from .templates import PROMPTSRC_TEMPLATES
@@ -69,13 +69,8 @@ class PromptSRC(PromptTrainer):
     def build_model(self):
         node, classnames = self.method_cfg, self.dm.dataset.classnames
         clip_model = self.load_clip_model()
-        learner = IVLPPrompts(
-            clip_model, classnames, n_ctx_text=node.N_CTX_TEXT, n_ctx_vision=node.N_CTX_VISION,
-            depth_text=node.PROMPT_DEPTH_TEXT, depth_vision=node.PROMPT_DEPTH_VISION, ctx_init=node.CTX_INIT,
-        )
-        self.model = DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
+        learner = IVLPPrompts.from_config(clip_model, classnames, node)
+        self.model = freeze_all_but_prompts(DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION))
         self.model.to(self.device)
         self.frozen_text = frozen_text_features(
             self.model, clip_model.token_embedding, classnames, PROMPTSRC_TEMPLATES
