@@ -171,8 +171,9 @@ class RILSupervision:
             raise ValueError(f"TRAINER.FDBPL.TEACHER_SOURCE must be one of {TEACHER_SOURCES}; got {node.TEACHER_SOURCE!r}")
         if node.FEATURE_CACHE and not self.SUPPORTS_FEATURE_CACHE:
             raise ValueError(
-                f"TRAINER.FDBPL.FEATURE_CACHE is on, but {type(self).__name__} prompts or trains its image "
-                "encoder, so stored image features would be stale; set TRAINER.FDBPL.FEATURE_CACHE False"
+                f"TRAINER.FDBPL.FEATURE_CACHE is on, but {type(self).__name__} cannot train from stored image "
+                "features: its image encoder is prompted or trained (stored features would be stale), or its model "
+                "is scored on pixels through its own forward; set TRAINER.FDBPL.FEATURE_CACHE False"
             )
         if node.TEACHER_SOURCE == "online" and (node.RIL_TABLE or node.FEATURE_CACHE):
             raise ValueError(
