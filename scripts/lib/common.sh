@@ -39,6 +39,11 @@ FDBPL            vit_b32_ep50                    vit_b32_ep50                   
 CoOp_FDBPL       vit_b32_ep50_ctxv1              vit_b32_ep50_ctxv1                      vit_b32_ep50_ctxv1
 MaPLe_FDBPL      vit_b32_c2_ep5_batch4_2ctx      vit_b32_c2_ep5_batch4_2ctx              vit_b32_c2_ep5_batch4_2ctx
 PromptSRC_FDBPL  vit_b32_c2_ep20_batch4_4+4ctx   vit_b32_c2_ep20_batch4_4+4ctx           vit_b32_c2_ep20_batch4_4+4ctx
+CoCoOp           vit_b16_c4_ep10_batch1_ctxv1    -                                       vit_b16_c4_ep10_batch1_ctxv1
+CoCoOp_FDBPL     vit_b32_c4_ep10_batch1_ctxv1    vit_b32_c4_ep10_batch1_ctxv1            vit_b32_c4_ep10_batch1_ctxv1
+IVLP             vit_b16_c2_ep5_batch4_2+2ctx    -                                       vit_b16_c2_ep5_batch4_2+2ctx
+VPT              vit_b16_c2_ep5_batch4_4         -                                       vit_b16_c2_ep5_batch4_4
+VPT_FDBPL        vit_b32_c2_ep5_batch4_4         vit_b32_c2_ep5_batch4_4                 vit_b32_c2_ep5_batch4_4
 PromptKD         vit_b16_c2_ep20_batch8_4+4ctx   -                                       -
 CasPL_Boost      vit_b16_c2_ep20_batch8_4+4ctx   -                                       -
 CoOp_CasPL       vit_b16_ep50_ctxv1              -                                       -
