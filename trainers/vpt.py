@@ -52,12 +52,7 @@ class VPT(CoOp):
             clip_model, self.dm.dataset.classnames, [template], self.cfg.MODEL.TEXT_TRUNCATION
         )
         prompts = LayerPrompts(node.N_CTX_VISION, width, range(node.PROMPT_DEPTH_VISION), self.device)
-        self.model = VisionPromptedCLIP(clip_model, prompts, text_features.type(clip_model.dtype))
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner"))
-        self.model.to(self.device)
-        self.register_trainable("prompt_learner", prompts)
-        self.build_grad_scaler()
+        self.install_prompted_model(VisionPromptedCLIP(clip_model, prompts, text_features.type(clip_model.dtype)))
 
     def load_model(self, directory, epoch=None):
         """This project's checkpoints, or the reference code's whole VPT model in the same folder."""
