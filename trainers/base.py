@@ -20,6 +20,7 @@ from .checkpoints import (
 )
 from .clip_loading import load_clip, resolve_precision
 from .dassl_pickle import scheduler_state
+from .reference_resume import resume_reference_run
 from .run_record import backbone_identity, same_backbone
 from .text_encoder import TextEncoder
 
@@ -150,8 +151,6 @@ class PromptTrainer(TrainerX):
         state is restored at the end of `before_train`. Returns the epoch to start from. Runs of the reference
         code resume too: CoOp's here (its pickled scheduler read as a state), whole-model ones through their layout
         (trainers/reference_resume.py)."""
-        from .reference_resume import resume_reference_run
-
         names = self.get_model_names()
         layout = published_layout(type(self).__name__, directory, names)
         if layout is not None:
