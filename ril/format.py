@@ -23,7 +23,7 @@ import numpy as np
 from trainers import __version__
 
 FORMAT_NAME = "fdbpl-ril"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 stored top-K logits; 2 stores top-K log-probabilities (refused: V1_REFUSAL)
 SPLIT = "train"
 NO_FEW_SHOT_SEED = -1  # the recorded seed of a table over all training images
 
@@ -57,7 +57,7 @@ REGION_DATASETS = {
     "regions/box": ("float32", lambda k: (4,)),
     "regions/flip": ("uint8", lambda k: ()),
     "regions/topk_index": ("uint16", lambda k: (k,)),
-    "regions/topk_logit": ("float16", lambda k: (k,)),
+    "regions/topk_logprob": ("float16", lambda k: (k,)),  # z - lse <= 0: exp() is exact to fp16 near 1
     "regions/logsumexp": ("float32", lambda k: ()),
     "regions/entropy": ("float32", lambda k: ()),
 }
@@ -73,6 +73,13 @@ FEATURES_DONE = "student/done"  # (N,) uint8, like progress/done
 FEATURES_CHECKSUM = "student/checksum"  # (N, M) uint32, CRC32 of each region's features
 FEATURE_DATASETS = (FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM)
 REBUILD = "rebuild it with python -m ril precompute --overwrite"
+V1_REFUSAL = (
+    "it stores top-K logits in float16 (regions/topk_logit), whose rounding costs up to ~1% of a probability at "
+    "logit scale 100, so its residual mass can be negative; this code reads version 2, which stores top-K "
+    "log-probabilities (regions/topk_logprob) exact to float16 near 1. A version-1 table is not converted, as "
+    "that would label its rounded values version 2: rebuild it with the same python -m ril precompute command "
+    "and --overwrite"
+)
 
 
 class RILTableError(ValueError):
@@ -271,6 +278,8 @@ def _checked_attrs(handle, path):
         raise RILTableError(
             f"{path} is not an RIL table (root attribute format={attrs.get('format')!r}, expected {FORMAT_NAME!r})"
         )
+    if attrs.get("version") == 1:
+        raise RILTableError(f"RIL table {path} has format version 1: {V1_REFUSAL}")
     if attrs.get("version") != FORMAT_VERSION:
         raise RILTableError(
             f"RIL table {path} has format version {attrs.get('version')}, this code reads version {FORMAT_VERSION}; "

@@ -37,6 +37,13 @@ def features_checksums(index, regions, features):
                     dtype=np.uint32)
 
 
+def top_mass_slack(num_classes):
+    """How far above 1 the top-K probabilities may sum by fp16 rounding alone: each log-probability
+    l_k is within |l_k| 2^-11 of the teacher's, so the sum within sum_k p_k |l_k| 2^-11 <= log(C) 2^-11
+    (doubled for the float32 arithmetic around it)."""
+    return 2.0 ** -10 * max(1.0, math.log(num_classes))
+
+
 def _outside(values, low, high):
     """True where values are not within [low, high]; NaN is outside (comparisons with NaN are False)."""
     return ~((values >= low) & (values <= high))
@@ -46,17 +53,18 @@ def value_problems(rows, sizes, num_classes):
     """Names of the checks failed by the rows of n images: `rows` REGION_DATASETS name -> (n, M, ...),
     `sizes` (n, 2). NaN and Inf fail every check on floats."""
     index = rows["regions/topk_index"].astype(np.int64)
-    logit = rows["regions/topk_logit"].astype(np.float32)
+    log_prob = rows["regions/topk_logprob"].astype(np.float64)
     logsumexp, entropy, box = rows["regions/logsumexp"], rows["regions/entropy"], rows["regions/box"]
-    fp16_slack = 1e-2 * np.maximum(1.0, np.abs(logsumexp))  # stored logits are rounded to fp16
     sorted_index = np.sort(index, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):  # such log-probabilities fail their own check
+        top_mass = np.exp(log_prob).sum(axis=-1)
     checks = {
         "topk_index >= number of classes": (index >= num_classes).any(),
         "topk_index repeats a class": (np.diff(sorted_index, axis=-1) == 0).any(),
-        "non-finite top-K logits": not np.isfinite(logit).all(),
-        "top-K logits not in descending order": (np.diff(logit, axis=-1) > 0).any(),
+        "top-K log-probabilities not finite and <= 0": not (np.isfinite(log_prob) & (log_prob <= 0)).all(),
+        "top-K log-probabilities not in descending order": (np.diff(log_prob, axis=-1) > 0).any(),
+        "top-K probabilities sum above 1": (top_mass > 1.0 + top_mass_slack(num_classes)).any(),
         "non-finite logsumexp": not np.isfinite(logsumexp).all(),
-        "logsumexp below the top logit": not (logit[..., 0] <= logsumexp + fp16_slack).all(),
         "entropy not finite and within [0, log C]":
             _outside(entropy, -ENTROPY_SLACK, math.log(num_classes) + ENTROPY_SLACK).any(),
         "boxes not finite and inside the image":

@@ -120,17 +120,21 @@ def regions_of(batches):
 
 
 def region_statistics(logits, topk):
-    """Stored rows from fp32 logits (M, C): top-K classes and logits, full log-sum-exp and entropy."""
-    logits = logits.float()
-    top_logit, top_index = logits.topk(topk, dim=1)
+    """Stored rows from fp32 logits (M, C): top-K classes and log-probabilities, full log-sum-exp and entropy.
+
+    The log-probabilities z - lse are taken in float64 (a float32 lse near 30 is off by up to 2e-6) and
+    rounded to fp16 last, so exp() of the top classes is exact to fp16 precision near 1 at any logit scale.
+    """
+    logits = logits.cpu().double()
     logsumexp = torch.logsumexp(logits, dim=1)
     log_prob = logits - logsumexp[:, None]
+    top_log_prob, top_index = log_prob.topk(topk, dim=1)
     entropy = -(log_prob.exp() * log_prob).sum(dim=1)
     return {
-        "regions/topk_index": top_index.cpu().numpy().astype(np.uint16),
-        "regions/topk_logit": top_logit.cpu().numpy().astype(np.float16),
-        "regions/logsumexp": logsumexp.cpu().numpy(),
-        "regions/entropy": entropy.cpu().numpy(),
+        "regions/topk_index": top_index.numpy().astype(np.uint16),
+        "regions/topk_logprob": top_log_prob.clamp(max=0).numpy().astype(np.float16),
+        "regions/logsumexp": logsumexp.numpy().astype(np.float32),
+        "regions/entropy": entropy.numpy().astype(np.float32),
     }
 
 

@@ -109,7 +109,7 @@ class RILTable:
 
     def read(self, images, regions):
         """Rows of (image, region) pairs as arrays, unchecked: box (B, 4), flip, topk_index (B, K),
-        topk_logit, logsumexp, entropy (B,)."""
+        topk_logprob, logsumexp, entropy (B,)."""
         arrays = self._arrays()
         images, regions = np.asarray(images, dtype=np.int64), np.asarray(regions, dtype=np.int64)
         return {short: np.asarray(arrays[name][images, regions]) for short, name in FIELDS.items()}
@@ -187,20 +187,27 @@ class RILTable:
         check_fingerprint(self.attrs, expected, self.path)
 
 
-def densify(topk_index, topk_logit, logsumexp, num_classes, mode="smooth"):
+def top_probabilities(topk_logprob):
+    """(top-K probabilities p_k = exp(logprob_k) (B, K), residual mass r = 1 - sum_k p_k (B,)) float32;
+    r is clamped at 0, which it can only cross by fp16 rounding."""
+    top_prob = torch.exp(torch.as_tensor(topk_logprob).float())
+    return top_prob, (1.0 - top_prob.sum(dim=1)).clamp(min=0.0)
+
+
+def densify(topk_index, topk_logprob, num_classes, mode="smooth"):
     """Dense teacher distributions (B, C) float32 from top-K rows (K <= C); finite, >= 0, rows sum to 1.
 
-    smooth: top-K keep exp(z - lse), the teacher's exact full-softmax values, and the residual mass
-    is spread evenly over the other classes (if it is below PROB_FLOOR per class, those get the
-    floor and the row is renormalised); every entry is > 0. renorm: the top-K rescaled to sum to 1
-    and exactly 0 elsewhere, so the teacher's support is its top-K, on which `losses.positive_kd_loss`
+    smooth: top-K keep exp(logprob), the teacher's full-softmax values, and the residual mass is
+    spread evenly over the other classes (if it is below PROB_FLOOR per class, those get the floor
+    and the row is renormalised); every entry is > 0. renorm: the top-K rescaled to sum to 1 and
+    exactly 0 elsewhere, so the teacher's support is its top-K, on which `losses.positive_kd_loss`
     computes both KL halves (a floor would make the reverse KL mostly log(1 / floor) of the student's
     mass outside the top-K).
     """
     if mode not in DENSIFY_MODES:
         raise ValueError(f"densify mode must be one of {DENSIFY_MODES}; got {mode!r}")
     index = torch.as_tensor(np.asarray(topk_index, dtype=np.int64))
-    top_prob = torch.exp(torch.as_tensor(topk_logit).float() - torch.as_tensor(logsumexp).float()[:, None])
+    top_prob, residual = top_probabilities(topk_logprob)
     others = num_classes - index.shape[1]
     if mode == "renorm":
         top_prob = top_prob / top_prob.sum(dim=1, keepdim=True)
@@ -209,10 +216,9 @@ def densify(topk_index, topk_logit, logsumexp, num_classes, mode="smooth"):
         top_prob = top_prob / top_prob.sum(dim=1, keepdim=True)
         rest = torch.full((index.shape[0],), PROB_FLOOR)
     else:
-        rest = (1.0 - top_prob.sum(dim=1)) / others
+        rest = residual / others
     floored = rest < PROB_FLOOR
     dense = rest.clamp(min=PROB_FLOOR)[:, None].repeat(1, num_classes).scatter(1, index, top_prob)
     if floored.any():
         dense[floored] = dense[floored] / dense[floored].sum(dim=1, keepdim=True)
     return dense
-

@@ -87,8 +87,7 @@ class RegionDataset(Dataset):
         images = np.full(self.repeat, index, dtype=np.int64)
         rows = self.table.read_image(index, regions)
         item = {
-            "soft_label": densify(rows["topk_index"], rows["topk_logit"], rows["logsumexp"],
-                                  self.table.num_classes, self.densify_mode),
+            "soft_label": densify(rows["topk_index"], rows["topk_logprob"], self.table.num_classes, self.densify_mode),
             "weight": information_weight(torch.from_numpy(rows["entropy"]), self.table.num_classes),
             "entropy": torch.from_numpy(rows["entropy"].astype(np.float32)),
             "label": torch.from_numpy(self.table.labels[images]),

@@ -91,7 +91,7 @@ def test_schema_matches_design(empty_table):
     expected = {  # DESIGN.md §4, N=2 images, M=3 regions, K=2; images/checksum: this project's integrity check
         "images/label": ((2,), "int32"), "images/size": ((2, 2), "int32"), "images/checksum": ((2,), "uint32"),
         "regions/box": ((2, 3, 4), "float32"), "regions/flip": ((2, 3), "uint8"),
-        "regions/topk_index": ((2, 3, 2), "uint16"), "regions/topk_logit": ((2, 3, 2), "float16"),
+        "regions/topk_index": ((2, 3, 2), "uint16"), "regions/topk_logprob": ((2, 3, 2), "float16"),
         "regions/logsumexp": ((2, 3), "float32"), "regions/entropy": ((2, 3), "float32"),
         "progress/done": ((2,), "uint8"),
     }
@@ -104,7 +104,7 @@ def test_schema_matches_design(empty_table):
         assert paths.chunks is None and paths.id.get_offset() is not None  # stored in place, not in a heap
         assert handle["progress/done"][()].tolist() == [0, 0] and handle["images/checksum"][()].tolist() == [0, 0]
         attrs = read_attrs(handle.attrs)
-    assert attrs["format"] == "fdbpl-ril" and attrs["version"] == 1 and attrs["complete"] is False
+    assert attrs["format"] == "fdbpl-ril" and attrs["version"] == 2 and attrs["complete"] is False
     assert attrs["attributes_sha256"] == attributes_sha256(attrs)
     assert attrs["classnames"] == CLASSNAMES and len(attrs["classnames_sha256"]) == 64
     for key in ("dataset", "split", "num_shots", "seed", "subsample", "image_list_sha256", "teacher", "templates",
@@ -179,6 +179,20 @@ def test_newer_format_version_is_refused(empty_table):
         handle.attrs["version"] = 99
     with open_table_file(empty_table) as handle, pytest.raises(RILTableError, match="format version 99"):
         validate_structure(handle, empty_table)
+
+
+def test_a_version_1_table_is_refused_with_why_and_how_to_rebuild_it(empty_table):
+    """Version 1 stored top-K logits in fp16; they are not converted, since the rounding is already in them."""
+    with h5py.File(empty_table, "r+") as handle:
+        handle.move("regions/topk_logprob", "regions/topk_logit")
+        handle.attrs["version"] = 1
+    restamp(empty_table)
+    with pytest.raises(RILTableError) as error:
+        RILTable(empty_table, require_complete=False)
+    message = str(error.value)
+    assert f"RIL table {empty_table} has format version 1" in message
+    assert "regions/topk_logit" in message and "regions/topk_logprob" in message
+    assert "rebuild it with the same python -m ril precompute command and --overwrite" in message
 
 
 def test_a_table_without_checksums_is_refused_with_the_command_to_rebuild_it(empty_table):

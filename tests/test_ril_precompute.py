@@ -23,7 +23,7 @@ from tests.test_ril_format import CLASSNAMES, build_table, restamp, toy_fingerpr
 from trainers.templates import CLIP_SELECTED_TEMPLATES
 
 RESULTS = ("images/size", "images/checksum", "regions/box", "regions/flip", "regions/topk_index",
-           "regions/topk_logit", "regions/logsumexp", "regions/entropy", "progress/done")
+           "regions/topk_logprob", "regions/logsumexp", "regions/entropy", "progress/done")
 
 
 def datasets_of(path):
@@ -59,9 +59,9 @@ def test_stored_logits_are_the_teacher_on_the_pixels_the_student_gets(built):
         item = dataset[index]
         logits = teacher.logits(item["img"], class_features)
         rows = table.read(item["index"].numpy(), item["region"].numpy())
-        top_logit, top_index = logits.topk(2, dim=1)
+        top_log_prob, top_index = torch.log_softmax(logits, 1).topk(2, dim=1)
         assert np.array_equal(rows["topk_index"], top_index.numpy())
-        assert np.allclose(rows["topk_logit"].astype(np.float32), top_logit.numpy(), rtol=2e-3, atol=2e-3)
+        assert np.allclose(rows["topk_logprob"].astype(np.float32), top_log_prob.numpy(), rtol=2e-3, atol=1e-5)
         assert np.allclose(rows["logsumexp"], torch.logsumexp(logits, 1).numpy(), rtol=1e-5, atol=1e-5)
         entropy = -(torch.softmax(logits, 1) * torch.log_softmax(logits, 1)).sum(1)
         assert np.allclose(rows["entropy"], entropy.numpy(), rtol=1e-4, atol=1e-5)
@@ -73,7 +73,7 @@ def test_resume_fills_only_unfinished_images_and_gives_the_same_table(built, tmp
     shutil.copy(built[0], resumed)
     with h5py.File(resumed, "r+") as handle:
         handle["progress/done"][2:] = 0
-        handle["regions/topk_logit"][2:] = 0
+        handle["regions/topk_logprob"][2:] = 0
         handle.attrs["complete"] = False
     with caplog.at_level("INFO", logger="ril.precompute"):
         _rerun(resumed, built)

@@ -43,7 +43,7 @@ def test_item_holds_repeat_regions_of_one_image(built):
     assert item["index"].tolist() == [2] * 4 and len(set(item["region"].tolist())) == 4
     assert item["label"].tolist() == [built[3][2]] * 4
     rows = dataset.table.read(item["index"].numpy(), item["region"].numpy())
-    assert torch.equal(item["soft_label"], densify(rows["topk_index"], rows["topk_logit"], rows["logsumexp"], 4))
+    assert torch.equal(item["soft_label"], densify(rows["topk_index"], rows["topk_logprob"], 4))
     assert torch.allclose(item["weight"], 1 - item["entropy"] / np.log(4))
 
 

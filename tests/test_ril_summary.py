@@ -27,7 +27,7 @@ def known_table(tmp_path):
                 "regions/box": np.array([[0.0, 0.0, 1.0, 1.0], [0.25, 0.5, 0.5, 0.5]], np.float32),
                 "regions/flip": np.array([0, 1], np.uint8),
                 "regions/topk_index": np.array([[top1[0], 3], [top1[1], 3]], np.uint16),
-                "regions/topk_logit": np.array([[2.0, 1.0], [1.5, -1.0]], np.float16),
+                "regions/topk_logprob": np.array([[-0.5, -1.5], [-0.5, -3.0]], np.float16),
                 "regions/logsumexp": np.array([2.5, 2.0], np.float32),
                 "regions/entropy": np.array(entropies[index], np.float32),
             })
@@ -55,7 +55,7 @@ def test_verify_accepts_a_sound_table_and_names_each_problem(known_table):
     assert "num_shots=4 but this run uses DATASET.NUM_SHOTS=8" in verify(
         known_table, toy_fingerprint(["a.png", "b.png"], [0, 1], num_shots=8)).problems[0]
     rewrite_rows(known_table, 0, {"regions/box": np.array([[0, 0, 1, 1], [0.25, 0.75, 0.5, 0.5]], np.float32)})
-    rewrite_rows(known_table, 1, {"regions/topk_logit": np.array([[np.nan, 1], [1.5, -1]], np.float16)})
+    rewrite_rows(known_table, 1, {"regions/topk_logprob": np.array([[np.nan, -1.5], [-0.5, -3]], np.float16)})
     with h5py.File(known_table, "r+") as handle:
         handle["progress/done"][1] = 0
     problems = verify(known_table).problems
@@ -64,7 +64,7 @@ def test_verify_accepts_a_sound_table_and_names_each_problem(known_table):
     assert not any("non-finite" in problem for problem in problems)  # image 1 is not done: not checked
     with h5py.File(known_table, "r+") as handle:
         handle["progress/done"][1] = 1
-    assert "image 1 (b.png): non-finite top-K logits" in verify(known_table).problems
+    assert "image 1 (b.png): top-K log-probabilities not finite and <= 0" in verify(known_table).problems
 
 
 @pytest.mark.parametrize("name,value,problem", [
