@@ -10,6 +10,7 @@ tabulate only (matplotlib for --plot).
 import argparse
 import csv
 import glob
+import importlib
 import os
 import re
 import sys
@@ -691,8 +692,13 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("root", metavar="OUTPUT_ROOT", help="the output root the protocol scripts wrote into")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="base2new",
-                        help="which benchmark's folders to read (default: base2new)")
+    parser.add_argument("--protocol", choices=PROTOCOLS + ("ood",), default="base2new",
+                        help="which benchmark's folders to read (default: base2new); ood: scripts/ood.sh's "
+                             "OOD detection runs (scripts/ood_results.py)")
+    parser.add_argument("--benchmark", choices=("openset", "imagenet"), default="openset",
+                        help="ood: which OOD benchmark's folders, OUTPUT_ROOT/ood/<benchmark>/ (default: openset)")
+    parser.add_argument("--plot-score", default="mcm", metavar="SCORE",
+                        help="ood: the score whose ROC curves and histograms --plot draws (default: mcm)")
     parser.add_argument("--trainers", nargs="+", metavar="NAME",
                         help="trainer folder names to compare, in this column order (default: all found)")
     parser.add_argument("--cfg", nargs="+", metavar="CFG",
@@ -721,7 +727,7 @@ def build_parser():
                         help="also write one CSV row per trainer, cfg, shots, dataset and metric")
     parser.add_argument("--plot", metavar="PNG",
                         help="also draw per-dataset bars, Average last: HM for base2new, accuracy "
-                             "otherwise (needs matplotlib)")
+                             "otherwise; ood: ROC curves and ID / OOD score histograms (needs matplotlib)")
     return parser
 
 
@@ -774,6 +780,9 @@ which is then marked (k/n datasets) with a note; so is an Average including inco
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.protocol == "ood":
+        ood_results = importlib.import_module(f"{__package__}.ood_results" if __package__ else "ood_results")
+        sys.exit(ood_results.main(args))
     try:
         results = collect(args.root, args.protocol, args.trainers, args.cfg, args.datasets, args.seeds, args.shots,
                           args.source_dataset)
