@@ -1,7 +1,8 @@
 """Dassl readers for the CoOp benchmark datasets and the generated Synthetic dataset.
 
 Importing the package is light (no Dassl); `register_all()` imports the reader modules, and each
-registers its class in Dassl's DATASET_REGISTRY under the name DATASET.NAME uses.
+registers its class in Dassl's DATASET_REGISTRY under the name DATASET.NAME uses. The ImageNet OOD
+benchmark's test sets (datasets/ood_sets.py) are image lists for scripts/ood_eval.py, not registered readers.
 """
 import importlib
 
