@@ -54,8 +54,7 @@ def table_targets(path, index, region, num_classes):
     with h5py.File(path, "r") as table:
         regions = table["regions"]
         topk_index = regions["topk_index"][:].astype(np.int64)[index, region]
-        top_prob = np.exp(regions["topk_logit"][:].astype(np.float64)[index, region]
-                          - regions["logsumexp"][:].astype(np.float64)[index, region][:, None])
+        top_prob = np.exp(regions["topk_logprob"][:].astype(np.float64)[index, region])
         entropy = regions["entropy"][:].astype(np.float64)[index, region]
     others = num_classes - topk_index.shape[1]
     dense = np.repeat(np.maximum((1.0 - top_prob.sum(1)) / others, 1e-8)[:, None], num_classes, axis=1)
