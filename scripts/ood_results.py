@@ -75,7 +75,7 @@ def index_runs(root, benchmark):
 
 
 def _selected(found, wanted):
-    return [item for item in wanted if item in found] if wanted else sorted(found)
+    return [item for item in dict.fromkeys(wanted) if item in found] if wanted else sorted(found)
 
 
 def collect(root, benchmark, trainers=None, cfgs=None, datasets=None, seeds=None, shots=None):
