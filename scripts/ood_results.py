@@ -185,6 +185,8 @@ def write_csv(path, methods, rows, spread):
                          "expected"])
         for dataset, set_name, score, stats in rows:
             for (method, metric), value in stats.items():
+                if value is None:  # a score the model has not
+                    continue
                 writer.writerow([method.trainer, method.cfg, dataset, set_name, score,
                                  "accuracy" if (set_name, score) == ACCURACY else metric,
                                  "" if value.mean is None else f"{value.mean:.2f}",
