@@ -6,6 +6,7 @@
         --teacher ViT-L/14 --regions 500 --topk 20 --out $DATA/ril/oxford_pets_16shot_seed1.h5 \\
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
     torchrun --nproc_per_node=4 -m ril precompute ...     (sharded: one shard per rank, merged by rank 0)
+    python -m ril precompute ... --teacher ViT-L/14 --teacher open_clip:ViT-H-14-quickgelu/dfn5b   (an ensemble)
     python -m ril inspect --table TABLE
     python -m ril verify --table TABLE [--deep] [--root ... --dataset-config-file ... --config-file ... opts]
     python -m ril add-features --table TABLE --model ViT-B/16 --root $DATA
@@ -32,11 +33,12 @@ from datetime import timedelta  # noqa: E402
 
 import torch  # noqa: E402
 
-from ril.format import RILTableError, run_fingerprint, training_images  # noqa: E402
+from ril.format import ENSEMBLE_MODES, RILTableError, run_fingerprint, training_images  # noqa: E402
 from ril.templates import DEFAULT_HELP, TEMPLATE_SETS  # noqa: E402
 
 EXIT_ERROR = 2
 PROCESS_GROUP_TIMEOUT = timedelta(hours=24)  # ranks wait at the barrier until the slowest shard ends
+DEFAULT_TEACHER = "ViT-L/14"
 
 
 def add_dataset_flags(parser, required):
@@ -67,8 +69,13 @@ def build_parser():
 
     pre = add_command(commands, "precompute", "build (or resume) a table for a dataset config")
     add_dataset_flags(pre, required=True)
-    pre.add_argument("--teacher", default="ViT-L/14", help="OpenAI CLIP name or checkpoint path, or open_clip:MODEL/PRETRAINED "
-                     "(e.g. open_clip:ViT-H-14-quickgelu/dfn5b, needs open_clip_torch) (default ViT-L/14)")
+    pre.add_argument("--teacher", action="append", metavar="SPEC",
+                     help="OpenAI CLIP name or checkpoint path, or open_clip:MODEL/PRETRAINED (e.g. "
+                     "open_clip:ViT-H-14-quickgelu/dfn5b, needs open_clip_torch); repeat the flag for an ensemble, "
+                     "each teacher with its own pixel normalisation and text tower (default " + DEFAULT_TEACHER + ")")
+    pre.add_argument("--ensemble", choices=ENSEMBLE_MODES, default=ENSEMBLE_MODES[0],
+                     help="how several --teacher distributions are combined: mean-prob, the mean of their "
+                     "probabilities, or mean-logit, the softmax of their mean logits (default mean-prob)")
     pre.add_argument("--regions", type=int, default=500, help="M, regions per image (default 500)")
     pre.add_argument("--topk", type=int, default=20, help="K, teacher classes kept per region; a run with fewer "
                      "classes keeps all C of them, and the table records K = min(K, C) (default 20)")
@@ -148,10 +155,10 @@ def load_inputs(args, rank, world_size, device):
     if rank > 0:
         torch.distributed.barrier()
     cfg, dataset = build_run(args)
-    teacher = load_teacher(args.teacher, device)
+    teachers = [load_teacher(spec, device) for spec in args.teacher or [DEFAULT_TEACHER]]
     if rank == 0 and world_size > 1:
         torch.distributed.barrier()
-    return cfg, dataset, teacher
+    return cfg, dataset, teachers
 
 
 def run_precompute(args):
@@ -159,19 +166,19 @@ def run_precompute(args):
     from ril.writer import check_output_path
 
     spec = RegionSpec(num_regions=args.regions, topk=args.topk, scale=tuple(args.scale), crop_seed=args.crop_seed,
-                      templates=tuple(args.templates or ()))  # checks the flags before anything is loaded
+                      templates=tuple(args.templates or ()), ensemble=args.ensemble)  # checks the flags first
     check_run_options(args.batch_size, args.workers)
     check_output_path(args.out)
     rank, world_size, device = init_distributed(args.device)
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        cfg, dataset, teacher = load_inputs(args, rank, world_size, device)
+        cfg, dataset, teachers = load_inputs(args, rank, world_size, device)
         spec = replace(spec, output_size=tuple(cfg.INPUT.SIZE), interpolation=cfg.INPUT.INTERPOLATION)
         paths, labels = training_images(dataset, cfg.DATASET.ROOT)
         precompute(
             args.out, os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT)), paths, labels,
-            run_fingerprint(cfg, dataset), teacher, spec, batch_size=args.batch_size,
+            run_fingerprint(cfg, dataset), teachers, spec, batch_size=args.batch_size,
             workers=args.workers, overwrite=args.overwrite, rank=rank, world_size=world_size,
         )
     finally:

@@ -38,12 +38,15 @@ FINGERPRINT_FIELDS = (
     ("num_images", "number of training images"),
     ("image_list_sha256", "training image list (sha256 of relative path + label)"),
 )
-# How the table was made; a resumed run or a merged shard must agree on all of them.
+# How the table was made; a resumed run or a merged shard must agree on all of them. `teacher`,
+# `teacher_sha256` and `logit_scale` are lists, one entry per teacher of the ensemble (`ensemble`:
+# "none" for one teacher, else how their distributions are combined, see `teachers.ensemble_logits`).
 SETTING_FIELDS = (
-    "teacher", "teacher_sha256", "templates", "logit_scale", "num_regions", "topk", "output_size",
+    "teacher", "teacher_sha256", "ensemble", "templates", "logit_scale", "num_regions", "topk", "output_size",
     "crop_scale", "crop_ratio", "flip_prob", "interpolation", "crop_seed",
 )
-JSON_FIELDS = ("classnames", "templates")
+JSON_FIELDS = ("classnames", "templates", "teacher", "teacher_sha256")
+ENSEMBLE_MODES = ("mean-prob", "mean-logit")  # `--ensemble`, see teachers.ensemble_logits
 BOOKKEEPING_FIELDS = (
     "format", "version", "created", "package_version", "complete", "shard_rank", "shard_count", "attributes_sha256",
 )
@@ -52,14 +55,15 @@ REQUIRED_ATTRS = (
     tuple(name for name, _ in FINGERPRINT_FIELDS) + ("classnames_sha256",) + SETTING_FIELDS + BOOKKEEPING_FIELDS
 )
 
-# Per-region results, (N, M, *tail): name -> (dtype, tail shape as a function of K).
+# Per-region results, (N, M, *tail): name -> (dtype, tail shape as a function of K and of T teachers).
 REGION_DATASETS = {
-    "regions/box": ("float32", lambda k: (4,)),
-    "regions/flip": ("uint8", lambda k: ()),
-    "regions/topk_index": ("uint16", lambda k: (k,)),
-    "regions/topk_logprob": ("float16", lambda k: (k,)),  # z - lse <= 0: exp() is exact to fp16 near 1
-    "regions/logsumexp": ("float32", lambda k: ()),
-    "regions/entropy": ("float32", lambda k: ()),
+    "regions/box": ("float32", lambda k, t: (4,)),
+    "regions/flip": ("uint8", lambda k, t: ()),
+    "regions/topk_index": ("uint16", lambda k, t: (k,)),
+    "regions/topk_logprob": ("float16", lambda k, t: (k,)),  # z - lse <= 0: exp() is exact to fp16 near 1
+    "regions/logsumexp": ("float32", lambda k, t: ()),
+    "regions/entropy": ("float32", lambda k, t: ()),
+    "regions/teacher_top1": ("uint16", lambda k, t: (t,)),  # each teacher's own top class
 }
 IMAGE_DATASETS = {
     "images/label": ("int32", ()), "images/size": ("int32", (2,)), "images/checksum": ("uint32", ()),
@@ -91,12 +95,17 @@ class RILTableError(ValueError):
         super().__init__(message.rsplit(f"{type(self).__name__}: ", 1)[-1].strip())
 
 
-def schema(num_images, num_regions, topk):
+def schema(num_images, num_regions, topk, num_teachers):
     """Every numeric dataset of a table (all but `images/path`): name -> (shape, dtype)."""
     shapes = {name: ((num_images, *tail), dtype) for name, (dtype, tail) in IMAGE_DATASETS.items()}
     for name, (dtype, tail) in REGION_DATASETS.items():
-        shapes[name] = ((num_images, num_regions, *tail(topk)), dtype)
+        shapes[name] = ((num_images, num_regions, *tail(topk, num_teachers)), dtype)
     return shapes
+
+
+def table_schema(attrs):
+    """`schema` of a table from its root attributes."""
+    return schema(attrs["num_images"], attrs["num_regions"], attrs["topk"], len(attrs["teacher"]))
 
 
 def path_dtype(image_paths):
@@ -328,7 +337,7 @@ def validate_structure(handle, path):
             f"RIL table {path}: dataset {PATH_DATASET} has shape {paths.shape} dtype {paths.dtype}, expected "
             f"({num_images},) fixed-length UTF-8 strings; {REBUILD}"
         )
-    for name, (shape, dtype) in schema(num_images, attrs["num_regions"], attrs["topk"]).items():
+    for name, (shape, dtype) in table_schema(attrs).items():
         _check_dataset(handle, path, name, shape, dtype)
     return attrs
 
@@ -394,7 +403,7 @@ def read_layout(handle, path, in_memory=False):
     if image_list_sha256(image_paths, labels) != attrs["image_list_sha256"]:
         raise damaged(path, f"the stored image paths and labels ({PATH_DATASET}, images/label) do not match "
                             "image_list_sha256, so soft labels could be paired with the wrong images")
-    names = [PATH_DATASET, *schema(1, 1, 1)]
+    names = [PATH_DATASET, *schema(1, 1, 1, 1)]
     features_attrs = _features_attrs(handle, path, (attrs["num_images"], attrs["num_regions"]))
     if features_attrs is not None:
         names += FEATURE_DATASETS

@@ -61,6 +61,7 @@ def value_problems(rows, sizes, num_classes):
     checks = {
         "topk_index >= number of classes": (index >= num_classes).any(),
         "topk_index repeats a class": (np.diff(sorted_index, axis=-1) == 0).any(),
+        "teacher_top1 >= number of classes": (rows["regions/teacher_top1"] >= num_classes).any(),
         "top-K log-probabilities not finite and <= 0": not (np.isfinite(log_prob) & (log_prob <= 0)).all(),
         "top-K log-probabilities not in descending order": (np.diff(log_prob, axis=-1) > 0).any(),
         "top-K probabilities sum above 1": (top_mass > 1.0 + top_mass_slack(num_classes)).any(),

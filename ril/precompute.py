@@ -1,4 +1,5 @@
-"""Build an RIL table: decode each image once, cut its M regions, score them all with the teacher.
+"""Build an RIL table: decode each image once, cut its M regions, score them all with the teacher
+(or with every teacher of an ensemble, see `teachers.ensemble_logits`).
 
 Resumable (images marked in `progress/done` are skipped; each image's rows reach the disk before
 it is marked, see `writer`), and shardable: under torchrun, rank r takes images r, r+W, ... into
@@ -19,10 +20,12 @@ from tqdm import tqdm
 
 from .crops import INTERPOLATIONS, cut_regions, load_rgb, normalize_pixels, sample_regions
 from .format import (
-    FINGERPRINT_FIELDS, SETTING_FIELDS, RILTableError, as_stored, compare_settings, make_attrs, shard_path,
+    ENSEMBLE_MODES, FINGERPRINT_FIELDS, SETTING_FIELDS, RILTableError, as_stored, compare_settings, make_attrs,
+    shard_path,
 )
 from .merge import merge_tables
 from .probe import load_layout
+from .teachers import FrozenCLIP, ensemble_logits
 from .templates import resolve_templates
 from .writer import TableWriter, check_output_path, complete_table, create_table
 
@@ -36,6 +39,7 @@ class RegionSpec:
 
     `topk` is the K asked for: the table keeps min(topk, C). `templates` are `--templates` items
     (literals or set names); empty = the dataset's CoOp template. `precompute` records both as used.
+    `ensemble`: how several teachers' distributions are combined (one of ENSEMBLE_MODES).
     """
 
     num_regions: int = 500
@@ -47,6 +51,7 @@ class RegionSpec:
     flip_prob: float = 0.5
     crop_seed: int = 0
     templates: tuple = ()
+    ensemble: str = "mean-prob"
 
     def __post_init__(self):
         """Refuse values the sampler or the table cannot take, before anything is built."""
@@ -63,6 +68,8 @@ class RegionSpec:
              f"output size {self.output_size} (INPUT.SIZE) must be two positive integers"),
             (self.interpolation in INTERPOLATIONS,
              f"interpolation {self.interpolation!r} (INPUT.INTERPOLATION) must be one of {sorted(INTERPOLATIONS)}"),
+            (self.ensemble in ENSEMBLE_MODES,
+             f"--ensemble {self.ensemble!r} must be one of {', '.join(ENSEMBLE_MODES)}"),
         )
         for valid, message in checks:
             if not valid:  # NaN fails every comparison above, so it lands here too
@@ -146,10 +153,22 @@ def teacher_logits(teacher, pixels, class_features, batch_size):
     ])
 
 
-def table_settings(teacher, spec):
+def score_regions(teachers, class_features, pixels, spec, batch_size):
+    """Stored rows of one image's uint8 regions (M, 3, H, W) but its boxes: the ensemble's statistics
+    and each teacher's top-1 (M, T)."""
+    logits = torch.stack([teacher_logits(teacher, pixels, features, batch_size).cpu()
+                          for teacher, features in zip(teachers, class_features)])
+    rows = region_statistics(ensemble_logits(logits, spec.ensemble), spec.topk)
+    rows["regions/teacher_top1"] = logits.argmax(dim=2).t().numpy().astype(np.uint16)
+    return rows
+
+
+def table_settings(teachers, spec):
     return {
-        "teacher": teacher.teacher_id, "teacher_sha256": teacher.checkpoint_sha256,
-        "templates": list(spec.templates), "logit_scale": teacher.logit_scale,
+        "teacher": [teacher.teacher_id for teacher in teachers],
+        "teacher_sha256": [teacher.checkpoint_sha256 for teacher in teachers],
+        "ensemble": spec.ensemble if len(teachers) > 1 else "none",
+        "templates": list(spec.templates), "logit_scale": [teacher.logit_scale for teacher in teachers],
         "num_regions": spec.num_regions, "topk": spec.topk, "output_size": list(spec.output_size),
         "crop_scale": list(spec.scale), "crop_ratio": list(spec.ratio), "flip_prob": spec.flip_prob,
         "interpolation": spec.interpolation, "crop_seed": spec.crop_seed,
@@ -167,13 +186,14 @@ def effective_spec(spec, fingerprint):
     return replace(spec, topk=topk, templates=templates)
 
 
-def _check_request(teacher, spec, num_classes):
-    if tuple(teacher.input_size) != tuple(spec.output_size):
-        raise ValueError(
-            f"teacher {teacher.teacher_id} takes {tuple(teacher.input_size)} inputs but the regions are "
-            f"{tuple(spec.output_size)} (INPUT.SIZE): the teacher must see the student's pixels, so set "
-            "INPUT.SIZE to the teacher's resolution or pick a teacher with the student's resolution"
-        )
+def _check_request(teachers, spec, num_classes):
+    for teacher in teachers:
+        if tuple(teacher.input_size) != tuple(spec.output_size):
+            raise ValueError(
+                f"teacher {teacher.teacher_id} takes {tuple(teacher.input_size)} inputs but the regions are "
+                f"{tuple(spec.output_size)} (INPUT.SIZE): the teacher must see the student's pixels, so set "
+                "INPUT.SIZE to the teacher's resolution or pick a teacher with the student's resolution"
+            )
     if num_classes > MAX_CLASSES:
         raise ValueError(f"{num_classes} classes do not fit the uint16 topk_index (at most {MAX_CLASSES})")
 
@@ -212,13 +232,13 @@ def _prepare_target(target, attrs, image_paths, labels, overwrite):
     return layout
 
 
-def _fill(writer, batches, total, teacher, class_features, spec, batch_size, show_progress):
+def _fill(writer, batches, total, teachers, class_features, spec, batch_size, show_progress):
     """Score every image of `batches` and store it; the workers behind `batches` were started
     before `writer` opened the file, so no file handle crosses a fork."""
     start = time.perf_counter()
     with tqdm(total=total, unit="img", disable=not show_progress, desc="RIL precompute") as bar:
         for done, (index, size, boxes, flips, pixels) in enumerate(regions_of(batches), start=1):
-            rows = region_statistics(teacher_logits(teacher, pixels, class_features, batch_size), spec.topk)
+            rows = score_regions(teachers, class_features, pixels, spec, batch_size)
             rows["regions/box"], rows["regions/flip"] = np.asarray(boxes), np.asarray(flips)
             writer.write_image(int(index), np.asarray(size), rows)
             bar.update()
@@ -230,19 +250,21 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     """Build (or resume) the table `out` for the given images; returns its path when complete.
 
     `image_paths` are relative to `image_root`, in the order of `fingerprint` (see
-    `format.run_fingerprint`). With world_size > 1 (an initialised torch.distributed group),
+    `format.run_fingerprint`). `teacher`: a FrozenCLIP, or a list of them (an ensemble combined as
+    `spec.ensemble` says). With world_size > 1 (an initialised torch.distributed group),
     this rank fills its shard and rank 0 merges all shards into `out`. The table records
     `effective_spec(spec, fingerprint)`; it is marked complete only after every row read back.
     """
     classnames = fingerprint["classnames"]
+    teachers = [teacher] if isinstance(teacher, FrozenCLIP) else list(teacher)
     check_run_options(batch_size, workers)
     spec = effective_spec(spec, fingerprint)
-    _check_request(teacher, spec, len(classnames))
+    _check_request(teachers, spec, len(classnames))
     check_output_path(out)
     _refuse_existing_output(out, overwrite, world_size)
-    attrs = make_attrs(fingerprint, table_settings(teacher, spec), rank, world_size)
+    attrs = make_attrs(fingerprint, table_settings(teachers, spec), rank, world_size)
     target = out if world_size == 1 else shard_path(out, rank, world_size)
-    class_features = teacher.class_features(classnames, spec.templates)
+    class_features = [teacher.class_features(classnames, spec.templates) for teacher in teachers]
     layout = _prepare_target(target, attrs, image_paths, labels, overwrite)
     mine = np.arange(rank, len(image_paths), world_size)
     pending = mine[~layout.done[mine]]
@@ -251,7 +273,7 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     dataset = ImageRegions(image_root, image_paths, pending, spec.output_size, spec.interpolation, SampledRegions(spec))
     batches = iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers))
     with TableWriter(target, layout) as writer:
-        _fill(writer, batches, len(dataset), teacher, class_features, spec, batch_size, show_progress=rank == 0)
+        _fill(writer, batches, len(dataset), teachers, class_features, spec, batch_size, show_progress=rank == 0)
     complete_table(target, mine)
     if world_size == 1:
         logger.info("RIL table complete: %s", out)

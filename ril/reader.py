@@ -109,7 +109,7 @@ class RILTable:
 
     def read(self, images, regions):
         """Rows of (image, region) pairs as arrays, unchecked: box (B, 4), flip, topk_index (B, K),
-        topk_logprob, logsumexp, entropy (B,)."""
+        topk_logprob, logsumexp, entropy (B,), teacher_top1 (B, T)."""
         arrays = self._arrays()
         images, regions = np.asarray(images, dtype=np.int64), np.asarray(regions, dtype=np.int64)
         return {short: np.asarray(arrays[name][images, regions]) for short, name in FIELDS.items()}

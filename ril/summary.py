@@ -47,6 +47,37 @@ def teacher_statistics(table):
     return agree / regions, histogram, weight_sum / regions
 
 
+def teacher_agreement(table):
+    """Per teacher of the table, (T,) fractions of done regions whose top-1 is the ground-truth label,
+    and (T,) whose top-1 is the stored (ensemble) distribution's."""
+    with_label = np.zeros(len(table.attrs["teacher"]))
+    with_table = np.zeros_like(with_label)
+    regions = 0
+    for start, stop, done in _blocks(table):
+        own = np.asarray(table.array("regions/teacher_top1")[start:stop])[done].astype(np.int64)
+        top1 = np.asarray(table.array("regions/topk_index")[start:stop, :, 0])[done].astype(np.int64)
+        with_label += (own == table.labels[start:stop][done][:, None, None]).sum(axis=(0, 1))
+        with_table += (own == top1[..., None]).sum(axis=(0, 1))
+        regions += top1.size
+    return with_label / max(regions, 1), with_table / max(regions, 1)
+
+
+def teacher_lines(table):
+    """The teachers of a table: one line, or for an ensemble one line per member with its top-1 agreement."""
+    attrs = table.attrs
+    templates = f"{len(attrs['templates'])} template(s): {attrs['templates'][:3]}"
+    members = [f"{teacher}" + (f" (sha256 {sha256})" if sha256 else "") + f", logit scale {scale:.4g}"
+               for teacher, sha256, scale in zip(attrs["teacher"], attrs["teacher_sha256"], attrs["logit_scale"])]
+    if len(members) == 1:
+        return [f"teacher: {members[0]}, {templates}"]
+    with_label, with_table = teacher_agreement(table)
+    return [f"teachers: ensemble of {len(members)} ({attrs['ensemble']}), {templates}"] + [
+        f"  teacher {number}: {member}; top-1 agrees with the ground-truth label on {100 * label:.2f}% of regions "
+        f"and with the ensemble's top-1 on {100 * ensemble:.2f}%"
+        for number, (member, label, ensemble) in enumerate(zip(members, with_label, with_table), start=1)
+    ]
+
+
 def _histogram_lines(histogram, log_c):
     total, peak = max(1, int(histogram.sum())), max(1, int(histogram.max()))
     edges = np.linspace(0.0, log_c, HISTOGRAM_BINS + 1)
@@ -70,8 +101,7 @@ def describe(table):
         f"RIL table {table.path} ({os.path.getsize(table.path) / 2**20:.1f} MiB), format {attrs['format']} "
         f"v{attrs['version']}, package {attrs['package_version']}, created {attrs['created']}",
         f"fingerprint: {fingerprint}",
-        f"teacher: {attrs['teacher']}" + (f" (sha256 {attrs['teacher_sha256']})" if attrs["teacher_sha256"] else "")
-        + f", logit scale {attrs['logit_scale']:.4g}, {len(attrs['templates'])} template(s): {attrs['templates'][:3]}",
+        *teacher_lines(table),
         f"regions: N={table.num_images} images x M={table.num_regions} regions, top-K={table.topk} of "
         f"C={table.num_classes} classes; crops {attrs['output_size']} px, scale {attrs['crop_scale']}, "
         f"ratio {[round(r, 4) for r in attrs['crop_ratio']]}, flip p={attrs['flip_prob']}, "

@@ -7,8 +7,11 @@ Teacher specs (`--teacher`):
     open_clip:hf-hub:ORG/REPO             open_clip model from the Hugging Face hub
 open_clip specs need the optional `open_clip_torch` package. Logits are
 `logit_scale.exp() * cos(image, class text)`, computed in fp16 autocast on CUDA, fp32 on CPU.
+Several teachers form an ensemble (`ensemble_logits`): each scores the regions with its own pixel
+normalisation and its own text tower, and the table stores their combined distribution.
 """
 import contextlib
+import math
 import os
 
 import torch
@@ -17,6 +20,8 @@ from clip import clip
 
 from trainers.clip_loading import file_sha256, load_clip
 from trainers.text_encoder import encode_texts
+
+from .format import ENSEMBLE_MODES
 
 OPEN_CLIP_PREFIX = "open_clip:"
 HF_HUB_PREFIX = "hf-hub:"
@@ -142,3 +147,20 @@ def load_teacher(spec, device="cpu"):
     if kind == "openai":
         return load_openai_clip(name, device)
     return _load_open_clip(spec, name, pretrained, device)
+
+
+def ensemble_logits(logits, mode):
+    """Logits (M, C) float64 of the ensemble of T teachers' logits (T, M, C); one teacher's pass unchanged.
+
+    mean-prob: log(mean_t softmax(z_t)) + mean_t lse(z_t), whose softmax is the mean of the teachers'
+    probabilities and whose log-sum-exp the mean of theirs; mean-logit: mean_t z_t.
+    """
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"--ensemble {mode!r} must be one of {', '.join(ENSEMBLE_MODES)}")
+    logits = torch.as_tensor(logits).double()
+    if len(logits) == 1:
+        return logits[0]
+    if mode == "mean-logit":
+        return logits.mean(dim=0)
+    logsumexp = torch.logsumexp(logits, dim=2, keepdim=True)
+    return torch.logsumexp(logits - logsumexp, dim=0) - math.log(len(logits)) + logsumexp.mean(dim=0)

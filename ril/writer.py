@@ -20,7 +20,7 @@ import numpy as np
 
 from .format import (
     CHECKSUM_DATASET, DONE_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, PATH_DATASET,
-    REGION_DATASETS, RILTableError, encode_attr, open_table_file, path_dtype, read_layout, schema, stamped,
+    REGION_DATASETS, RILTableError, encode_attr, open_table_file, path_dtype, read_layout, stamped, table_schema,
 )
 from .integrity import features_checksums, image_checksum, value_problems
 from .probe import load_layout
@@ -151,7 +151,7 @@ def _write_structure(temporary, path, attrs, image_paths, features):
         for name, value in stamped(attrs).items():
             handle.attrs[name] = encode_attr(name, value)
         create_contiguous(handle, PATH_DATASET, (num_images,), path_dtype(image_paths))
-        for name, (shape, dtype) in schema(num_images, num_regions, attrs["topk"]).items():
+        for name, (shape, dtype) in table_schema(attrs).items():
             create_contiguous(handle, name, shape, dtype)
         if features is not None:
             dim, feature_attrs = features

@@ -94,7 +94,7 @@ def test_inspect_and_verify(reference, capsys):
     report = capsys.readouterr().out
     assert f"N={NUM_IMAGES} images x M={REGIONS} regions, top-K={TOPK} of C=4 classes" in report
     assert "dataset=Synthetic" in report and "num_shots=4" in report and "complete" in report
-    assert f"bytes per region: {16 + 1 + 2 * TOPK + 2 * TOPK + 4 + 4}" in report
+    assert f"bytes per region: {16 + 1 + 2 * TOPK + 2 * TOPK + 4 + 4 + 2}" in report
     assert "teacher top-1 agrees with the ground-truth label on" in report and "entropy histogram" in report
     assert ril_main(["verify", "--table", table, *dataset_flags(root), *OPTS]) == 0
     checked = f"OK (structure, stored paths, completeness, rows of {NUM_IMAGES} of {NUM_IMAGES} images"
@@ -106,6 +106,18 @@ def test_inspect_and_verify(reference, capsys):
     assert "was built for subsample=all but this run uses DATASET.SUBSAMPLE_CLASSES=base" in message
 
 
+def test_an_ensemble_of_two_teachers_through_the_cli(reference, tiny_teacher, tiny_student, tmp_path, capsys):
+    out = tmp_path / "ensemble.h5"
+    args = precompute_args(reference[1], tiny_teacher, out)
+    args[args.index("--teacher") + 2:args.index("--teacher") + 2] = ["--teacher", tiny_student, "--ensemble", "mean-logit"]
+    assert ril_main(args) == 0
+    assert ril_main(["inspect", "--table", out]) == 0
+    report = capsys.readouterr().out
+    assert "teachers: ensemble of 2 (mean-logit)" in report
+    assert "teacher 1: file:teacher.pt" in report and "teacher 2: file:student.pt" in report
+    assert f"bytes per region: {16 + 1 + 2 * TOPK + 2 * TOPK + 4 + 4 + 2 * 2}" in report
+
+
 def test_an_existing_table_is_refused_with_a_message(reference, tiny_teacher, capsys):
     table, root = reference
     before = table.read_bytes()
@@ -115,8 +127,8 @@ def test_an_existing_table_is_refused_with_a_message(reference, tiny_teacher, ca
 
 
 @pytest.mark.parametrize("command,flags", [
-    ("precompute", ["--teacher", "--regions", "--topk", "--crop-seed", "--batch-size", "--workers", "--device",
-                    "--out", "--templates", "--scale", "--overwrite", "--root", "--dataset-config-file"]),
+    ("precompute", ["--teacher", "--ensemble", "--regions", "--topk", "--crop-seed", "--batch-size", "--workers",
+                    "--device", "--out", "--templates", "--scale", "--overwrite", "--root", "--dataset-config-file"]),
     ("merge", ["--out", "--overwrite"]),
     ("add-features", ["--table", "--model", "--root"]),
     ("inspect", ["--table"]),

@@ -74,7 +74,8 @@ def rewrite_rows(path, index, changes):
 
 
 def settings(num_regions=3, topk=2):
-    return {"teacher": "file:t.pt", "teacher_sha256": "ab", "templates": ["a photo of a {}."], "logit_scale": 100.0,
+    return {"teacher": ["file:t.pt"], "teacher_sha256": ["ab"], "ensemble": "none", "templates": ["a photo of a {}."],
+            "logit_scale": [100.0],
             "num_regions": num_regions, "topk": topk, "output_size": [32, 32], "crop_scale": [0.08, 1.0],
             "crop_ratio": [0.75, 4 / 3], "flip_prob": 0.5, "interpolation": "bicubic", "crop_seed": 0}
 
@@ -93,6 +94,7 @@ def test_schema_matches_design(empty_table):
         "regions/box": ((2, 3, 4), "float32"), "regions/flip": ((2, 3), "uint8"),
         "regions/topk_index": ((2, 3, 2), "uint16"), "regions/topk_logprob": ((2, 3, 2), "float16"),
         "regions/logsumexp": ((2, 3), "float32"), "regions/entropy": ((2, 3), "float32"),
+        "regions/teacher_top1": ((2, 3, 1), "uint16"),
         "progress/done": ((2,), "uint8"),
     }
     with h5py.File(empty_table, "r") as handle:
@@ -107,9 +109,9 @@ def test_schema_matches_design(empty_table):
     assert attrs["format"] == "fdbpl-ril" and attrs["version"] == 2 and attrs["complete"] is False
     assert attrs["attributes_sha256"] == attributes_sha256(attrs)
     assert attrs["classnames"] == CLASSNAMES and len(attrs["classnames_sha256"]) == 64
-    for key in ("dataset", "split", "num_shots", "seed", "subsample", "image_list_sha256", "teacher", "templates",
-                "logit_scale", "num_regions", "topk", "output_size", "crop_scale", "crop_ratio", "flip_prob",
-                "interpolation", "crop_seed", "created", "package_version"):
+    for key in ("dataset", "split", "num_shots", "seed", "subsample", "image_list_sha256", "teacher", "ensemble",
+                "templates", "logit_scale", "num_regions", "topk", "output_size", "crop_scale", "crop_ratio",
+                "flip_prob", "interpolation", "crop_seed", "created", "package_version"):
         assert key in attrs, key
     assert not [name for name in os.listdir(os.path.dirname(empty_table)) if "creating" in name]
 

@@ -17,7 +17,7 @@ from ril.merge import merge_tables
 from ril.precompute import RegionSpec, precompute
 from ril.reader import RILTable
 from ril.region_dataset import RegionDataset
-from ril.summary import verify
+from ril.summary import describe, verify
 from ril.teachers import load_openai_clip, load_teacher, parse_teacher_spec
 from tests.test_ril_format import CLASSNAMES, build_table, restamp, toy_fingerprint, write_images
 from trainers.templates import CLIP_SELECTED_TEMPLATES
@@ -65,7 +65,7 @@ def test_stored_logits_are_the_teacher_on_the_pixels_the_student_gets(built):
         assert np.allclose(rows["logsumexp"], torch.logsumexp(logits, 1).numpy(), rtol=1e-5, atol=1e-5)
         entropy = -(torch.softmax(logits, 1) * torch.log_softmax(logits, 1)).sum(1)
         assert np.allclose(rows["entropy"], entropy.numpy(), rtol=1e-4, atol=1e-5)
-    assert table.attrs["logit_scale"] == pytest.approx(teacher.logit_scale)
+    assert table.attrs["logit_scale"] == pytest.approx([teacher.logit_scale])
 
 
 def test_resume_fills_only_unfinished_images_and_gives_the_same_table(built, tmp_path, caplog):
@@ -209,7 +209,8 @@ def test_open_clip_teacher_from_a_local_weights_file(tmp_path):
     spec = RegionSpec(num_regions=2, topk=2, output_size=teacher.input_size)
     precompute(out, root, paths, labels, toy_fingerprint(paths, labels), teacher, spec, batch_size=4, workers=0)
     table = RILTable(out)
-    assert table.attrs["teacher"] == teacher.teacher_id and table.attrs["teacher_sha256"] == teacher.checkpoint_sha256
+    assert table.attrs["teacher"] == [teacher.teacher_id]
+    assert table.attrs["teacher_sha256"] == [teacher.checkpoint_sha256]
 
 
 def test_topk_above_the_class_count_keeps_every_class_and_says_so(built, tmp_path, caplog, tiny_student):
@@ -246,3 +247,62 @@ def test_default_templates_are_the_datasets_coop_template_and_sets_stay_selectab
         precompute(out, root, paths[:2], labels[:2], toy_fingerprint(paths[:2], labels[:2], dataset=dataset),
                    teacher, RegionSpec(num_regions=2, topk=2, output_size=(32, 32), templates=templates), workers=0)
         assert RILTable(out).attrs["templates"] == recorded
+
+
+def whole_distributions(path):
+    """(table, probabilities (N, M, C) float64, logits (N, M, C)) of a table with K = C, read from the file."""
+    table = RILTable(path)
+    rows = table.read(*np.indices((table.num_images, table.num_regions)).reshape(2, -1))
+    log_prob = np.zeros((len(rows["topk_index"]), table.num_classes))
+    np.put_along_axis(log_prob, rows["topk_index"].astype(np.int64), rows["topk_logprob"].astype(np.float64), axis=1)
+    shape = (table.num_images, table.num_regions, table.num_classes)
+    return table, np.exp(log_prob).reshape(shape), (log_prob + rows["logsumexp"][:, None]).reshape(shape)
+
+
+def test_an_ensemble_table_is_the_mean_of_its_teachers_tables(built, tmp_path, tiny_student):
+    """Two tiny teachers, K = C: the ensemble's probabilities are the mean of the single-teacher tables'
+    (mean-prob) or the softmax of their mean logits (mean-logit), region by region, to fp16 rounding."""
+    _, root, paths, labels, teacher = built
+    other = load_teacher(tiny_student)
+    fingerprint = toy_fingerprint(paths, labels)
+    found = {}
+    for name, teachers, ensemble in (("a", teacher, "mean-prob"), ("b", other, "mean-prob"),
+                                     ("ab", [teacher, other], "mean-prob"),
+                                     ("ab_logit", [teacher, other], "mean-logit")):
+        out = str(tmp_path / f"{name}.h5")
+        spec = RegionSpec(num_regions=5, topk=4, output_size=(32, 32), ensemble=ensemble)
+        precompute(out, root, paths, labels, fingerprint, teachers, spec, batch_size=4, workers=0)
+        found[name] = whole_distributions(out)
+    (table_a, prob_a, logit_a), (table_b, prob_b, logit_b) = found["a"], found["b"]
+    table, prob, _ = found["ab"]
+    assert np.abs(prob_a - prob_b).max() > 0.05  # the teachers disagree, so the mean is not either of them
+    np.testing.assert_allclose(prob, (prob_a + prob_b) / 2, rtol=2e-3, atol=1e-4)
+    mean_logit = torch.softmax(torch.from_numpy((logit_a + logit_b) / 2), dim=-1).numpy()
+    np.testing.assert_allclose(found["ab_logit"][1], mean_logit, rtol=2e-3, atol=1e-4)
+    assert np.abs(found["ab_logit"][1] - prob).max() > 1e-3
+    for name in ("box", "flip"):
+        assert np.array_equal(table.array(f"regions/{name}"), table_a.array(f"regions/{name}"))
+    own = table.array("regions/teacher_top1")
+    assert np.array_equal(own[..., 0], table_a.array("regions/topk_index")[..., 0])
+    assert np.array_equal(own[..., 1], table_b.array("regions/topk_index")[..., 0])
+    assert table.attrs["teacher"] == [teacher.teacher_id, other.teacher_id] and table.attrs["ensemble"] == "mean-prob"
+    assert table.attrs["teacher_sha256"] == [teacher.checkpoint_sha256, other.checkpoint_sha256]
+    assert table.attrs["logit_scale"] == pytest.approx([teacher.logit_scale, other.logit_scale])
+    assert table_a.attrs["ensemble"] == "none" and verify(table.path, fingerprint, deep=True).problems == []
+    report = "\n".join(describe(table))
+    assert "teachers: ensemble of 2 (mean-prob)" in report
+    for number, single in enumerate((table_a, table_b), start=1):
+        top1 = single.array("regions/topk_index")[..., 0]
+        label_rate = (top1 == single.labels[:, None]).mean()
+        ensemble_rate = (top1 == table.array("regions/topk_index")[..., 0]).mean()
+        assert (f"teacher {number}: {single.attrs['teacher'][0]} (sha256 {single.attrs['teacher_sha256'][0]}), "
+                f"logit scale {single.attrs['logit_scale'][0]:.4g}; top-1 agrees with the ground-truth label on "
+                f"{100 * label_rate:.2f}% of regions and with the ensemble's top-1 on {100 * ensemble_rate:.2f}%"
+                ) in report
+    unfinished = str(tmp_path / "unfinished.h5")
+    shutil.copy(table.path, unfinished)
+    with h5py.File(unfinished, "r+") as handle:
+        handle.attrs["complete"] = False
+    with pytest.raises(RILTableError, match=r"teacher=\[.*teacher.pt.*student.pt.*\] but this request has teacher"):
+        precompute(unfinished, root, paths, labels, fingerprint, teacher,
+                   RegionSpec(num_regions=5, topk=4, output_size=(32, 32)), workers=0)

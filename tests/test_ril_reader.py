@@ -99,7 +99,7 @@ def test_random_access_matches_the_file_on_disk_and_in_memory(table_path):
     with h5py.File(table_path, "r") as handle:
         expected = {name.split("/")[1]: handle[name][()][images, regions] for name in
                     ("regions/box", "regions/flip", "regions/topk_index", "regions/topk_logprob",
-                     "regions/logsumexp", "regions/entropy")}
+                     "regions/logsumexp", "regions/entropy", "regions/teacher_top1")}
     for table in (RILTable(table_path), RILTable(table_path, in_memory=True)):
         rows = table.read(images, regions)
         assert set(rows) == set(expected)
@@ -147,7 +147,8 @@ def test_a_repacked_chunked_table_must_be_loaded_in_memory(table_path, tmp_path)
             target.attrs[key] = value
         target.create_dataset("images/path", data=source["images/path"][()], dtype=source["images/path"].dtype)
         for name in ("images/label", "images/size", "images/checksum", "progress/done", "regions/box", "regions/flip",
-                     "regions/topk_index", "regions/topk_logprob", "regions/logsumexp", "regions/entropy"):
+                     "regions/topk_index", "regions/topk_logprob", "regions/logsumexp", "regions/entropy",
+                     "regions/teacher_top1"):
             target.create_dataset(name, data=source[name][()], chunks=True, compression="gzip")
     with pytest.raises(RILTableError, match="not stored contiguously.*IN_MEMORY"):
         RILTable(chunked)

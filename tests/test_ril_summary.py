@@ -30,6 +30,7 @@ def known_table(tmp_path):
                 "regions/topk_logprob": np.array([[-0.5, -1.5], [-0.5, -3.0]], np.float16),
                 "regions/logsumexp": np.array([2.5, 2.0], np.float32),
                 "regions/entropy": np.array(entropies[index], np.float32),
+                "regions/teacher_top1": np.array([[top1[0]], [top1[1]]], np.uint16),
             })
     complete_table(path)
     return path
@@ -45,7 +46,7 @@ def test_teacher_statistics_are_hand_computed(known_table):
 def test_describe_reports_counts_sizes_and_quality(known_table):
     report = "\n".join(describe(RILTable(known_table)))
     assert "N=2 images x M=2 regions, top-K=2 of C=4 classes" in report
-    assert "bytes per region: 33; per image: 66" in report  # 16 + 1 + 2*2 + 2*2 + 4 + 4
+    assert "bytes per region: 35; per image: 70" in report  # 16 + 1 + 2*2 + 2*2 + 4 + 4 + 2*1
     assert "75.00% of regions" in report and "mean information weight 0.5000" in report
     assert "dataset=Toy" in report and "2 of 2 images done, complete" in report
 
@@ -73,6 +74,7 @@ def test_verify_accepts_a_sound_table_and_names_each_problem(known_table):
     ("regions/logsumexp", np.array([np.nan, 2.0], np.float32), "non-finite logsumexp"),
     ("regions/topk_index", np.array([[4, 3], [1, 3]], np.uint16), "topk_index >= number of classes"),
     ("regions/topk_index", np.array([[3, 3], [1, 3]], np.uint16), "topk_index repeats a class"),
+    ("regions/teacher_top1", np.array([[4], [1]], np.uint16), "teacher_top1 >= number of classes"),
     ("regions/box", np.array([[np.nan, 0, 1, 1], [0, 0, 1, 1]], np.float32), "boxes not finite and inside the image"),
     ("regions/flip", np.array([2, 0], np.uint8), "flip not 0 or 1"),
     ("images/size", np.array([0, 50], np.int32), "non-positive image sizes"),
