@@ -1,4 +1,4 @@
-"""RIL tables from the command line: precompute, merge, add-features, inspect, verify.
+"""RIL tables from the command line: plan, precompute, merge, add-features, inspect, verify, show.
 
     python -m ril precompute --root $DATA --seed 1 \\
         --dataset-config-file configs/datasets/oxford_pets.yaml \\
@@ -7,7 +7,10 @@
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
     torchrun --nproc_per_node=4 -m ril precompute ...     (sharded: one shard per rank, merged by rank 0)
     python -m ril precompute ... --teacher ViT-L/14 --teacher open_clip:ViT-H-14-quickgelu/dfn5b   (an ensemble)
+    python -m ril plan --root $DATA --dataset-config-file configs/datasets/imagenet.yaml \\
+        --teacher ViT-L/14 --regions 500 --topk 20 DATASET.NUM_SHOTS -1      (size, forwards, hours; no table)
     python -m ril inspect --table TABLE
+    python -m ril show TABLE --images 4 --out regions.png [--root $DATA]
     python -m ril verify --table TABLE [--deep] [--root ... --dataset-config-file ... --config-file ... opts]
     python -m ril add-features --table TABLE --model ViT-B/16 --root $DATA
     python -m ril merge --out TABLE SHARD [SHARD ...]
@@ -33,7 +36,7 @@ from datetime import timedelta  # noqa: E402
 
 import torch  # noqa: E402
 
-from ril.format import ENSEMBLE_MODES, RILTableError, run_fingerprint, training_images  # noqa: E402
+from ril.format import ENSEMBLE_MODES, RILTableError, path_dtype, run_fingerprint, training_images  # noqa: E402
 from ril.templates import DEFAULT_HELP, TEMPLATE_SETS  # noqa: E402
 
 EXIT_ERROR = 2
@@ -59,6 +62,28 @@ def add_run_flags(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result instead of refusing")
 
 
+def add_table_flags(parser):
+    """What a table holds and how it is scored: shared by precompute and plan."""
+    parser.add_argument("--teacher", action="append", metavar="SPEC",
+                        help="OpenAI CLIP name or checkpoint path, or open_clip:MODEL/PRETRAINED (e.g. "
+                        "open_clip:ViT-H-14-quickgelu/dfn5b, needs open_clip_torch); repeat the flag for an "
+                        "ensemble, each teacher with its own pixel normalisation and text tower (default "
+                        f"{DEFAULT_TEACHER})")
+    parser.add_argument("--ensemble", choices=ENSEMBLE_MODES, default=ENSEMBLE_MODES[0],
+                        help="how several --teacher distributions are combined: mean-prob, the mean of their "
+                        "probabilities, or mean-logit, the softmax of their mean logits (default mean-prob)")
+    parser.add_argument("--regions", type=int, default=500, help="M, regions per image (default 500)")
+    parser.add_argument("--topk", type=int, default=20, help="K, teacher classes kept per region; a run with fewer "
+                        "classes keeps all C of them, and the table records K = min(K, C) (default 20)")
+    parser.add_argument("--crop-seed", type=int, default=0, help="seed of the region sampler, >= 0 (default 0)")
+    parser.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                        help="RandomResizedCrop area range (default 0.08 1.0; the official FDBPL code uses 0.08 0.936)")
+    parser.add_argument("--templates", action="append", metavar="TEMPLATE",
+                        help=f'a class-text template with "{{}}" or a set name ({", ".join(TEMPLATE_SETS)}); repeat '
+                        f"the flag to ensemble several (default: {DEFAULT_HELP}, as the official FDBPL and PromptKD "
+                        "code)")
+
+
 def add_command(commands, name, summary):
     return commands.add_parser(name, help=summary, description=summary)
 
@@ -67,24 +92,19 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m ril", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    plan = add_command(commands, "plan", "print a table's size on disk, its teacher forwards and an hour estimate "
+                       "from the teacher's throughput measured on --device, before any work (no table is written)")
+    add_dataset_flags(plan, required=True)
+    add_table_flags(plan)
+    plan.add_argument("--batch-size", type=int, default=256, help="regions per teacher forward, as precompute's "
+                      "(default 256)")
+    plan.add_argument("--device", default="", help="cpu, cuda or cuda:N to measure on (default: cuda if available)")
+    plan.add_argument("--measure-batches", type=int, default=3, help="timed forwards of --batch-size random "
+                      "regions per teacher, after one warm-up forward (default 3)")
+
     pre = add_command(commands, "precompute", "build (or resume) a table for a dataset config")
     add_dataset_flags(pre, required=True)
-    pre.add_argument("--teacher", action="append", metavar="SPEC",
-                     help="OpenAI CLIP name or checkpoint path, or open_clip:MODEL/PRETRAINED (e.g. "
-                     "open_clip:ViT-H-14-quickgelu/dfn5b, needs open_clip_torch); repeat the flag for an ensemble, "
-                     "each teacher with its own pixel normalisation and text tower (default " + DEFAULT_TEACHER + ")")
-    pre.add_argument("--ensemble", choices=ENSEMBLE_MODES, default=ENSEMBLE_MODES[0],
-                     help="how several --teacher distributions are combined: mean-prob, the mean of their "
-                     "probabilities, or mean-logit, the softmax of their mean logits (default mean-prob)")
-    pre.add_argument("--regions", type=int, default=500, help="M, regions per image (default 500)")
-    pre.add_argument("--topk", type=int, default=20, help="K, teacher classes kept per region; a run with fewer "
-                     "classes keeps all C of them, and the table records K = min(K, C) (default 20)")
-    pre.add_argument("--crop-seed", type=int, default=0, help="seed of the region sampler, >= 0 (default 0)")
-    pre.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
-                     help="RandomResizedCrop area range (default 0.08 1.0; the official FDBPL code uses 0.08 0.936)")
-    pre.add_argument("--templates", action="append", metavar="TEMPLATE",
-                     help=f'a class-text template with "{{}}" or a set name ({", ".join(TEMPLATE_SETS)}); repeat '
-                     f"the flag to ensemble several (default: {DEFAULT_HELP}, as the official FDBPL and PromptKD code)")
+    add_table_flags(pre)
     pre.add_argument("--out", required=True, help="table file to write, e.g. ril/oxford_pets_16shot_seed1.h5")
     add_run_flags(pre)
 
@@ -109,6 +129,19 @@ def build_parser():
     verify.add_argument("--table", required=True, help="an RIL table")
     verify.add_argument("--deep", action="store_true", help="check every image's rows, not a sample of them")
     add_dataset_flags(verify, required=False)
+
+    show = add_command(commands, "show", "draw images with their regions, each box coloured by its information "
+                       "weight (blue 0 .. red 1) and labelled with the teacher's top class, into a PNG")
+    show.add_argument("table", help="an RIL table")
+    show.add_argument("--out", required=True, help="PNG file to write, e.g. regions.png")
+    show.add_argument("--images", type=int, default=4, help="images to draw, spread evenly over the table's "
+                      "finished images, four per row (default 4)")
+    show.add_argument("--regions", type=int, help="the first R regions of each image to draw (default 8, or the "
+                      "table's M if fewer)")
+    show.add_argument("--panel", type=int, default=256, help="side in pixels of each image's square panel "
+                      "(default 256)")
+    show.add_argument("--root", default="", help="dataset root the table's image paths are relative to; without "
+                      "it the regions are drawn on grey panels of each image's shape")
     return parser
 
 
@@ -147,6 +180,14 @@ def init_distributed(device):
     return torch.distributed.get_rank(), world_size, device
 
 
+def region_spec(args):
+    """RegionSpec of the table flags (it checks them before anything is loaded)."""
+    from ril.precompute import RegionSpec
+
+    return RegionSpec(num_regions=args.regions, topk=args.topk, scale=tuple(args.scale), crop_seed=args.crop_seed,
+                      templates=tuple(args.templates or ()), ensemble=args.ensemble)
+
+
 def load_inputs(args, rank, world_size, device):
     """Config, dataset and teacher; rank 0 goes first, so dataset generation, few-shot caches and
     weight downloads happen once, and the other ranks then read them."""
@@ -161,12 +202,38 @@ def load_inputs(args, rank, world_size, device):
     return cfg, dataset, teachers
 
 
+def run_plan(args):
+    from ril.plan import TablePlan, describe_plan, measure_teacher
+    from ril.precompute import check_run_options, check_teachers, effective_spec
+
+    spec = region_spec(args)
+    check_run_options(args.batch_size, 0)
+    if args.measure_batches < 1:
+        raise ValueError(f"--measure-batches {args.measure_batches} must be at least 1")
+    _, _, device = init_distributed(args.device)
+    cfg, dataset, teachers = load_inputs(args, 0, 1, device)
+    paths, _ = training_images(dataset, cfg.DATASET.ROOT)
+    fingerprint = run_fingerprint(cfg, dataset)
+    spec = effective_spec(replace(spec, output_size=tuple(cfg.INPUT.SIZE), interpolation=cfg.INPUT.INTERPOLATION),
+                          fingerprint)
+    classnames = fingerprint["classnames"]
+    check_teachers(teachers, spec, len(classnames))
+    rates = [measure_teacher(teacher, teacher.class_features(classnames, spec.templates), args.batch_size,
+                             args.measure_batches) for teacher in teachers]
+    plan = TablePlan(len(paths), spec.num_regions, spec.topk, len(classnames), path_dtype(paths).itemsize,
+                     args.batch_size, rates)
+    fields = ", ".join(f"{field}={value}" for field, value in fingerprint.items()
+                       if field not in ("classnames", "image_list_sha256"))
+    print(f"RIL table plan: {fields}")
+    print("\n".join(describe_plan(plan, [teacher.teacher_id for teacher in teachers], device, args.measure_batches)))
+    return 0
+
+
 def run_precompute(args):
-    from ril.precompute import RegionSpec, check_run_options, precompute
+    from ril.precompute import check_run_options, precompute
     from ril.writer import check_output_path
 
-    spec = RegionSpec(num_regions=args.regions, topk=args.topk, scale=tuple(args.scale), crop_seed=args.crop_seed,
-                      templates=tuple(args.templates or ()), ensemble=args.ensemble)  # checks the flags first
+    spec = region_spec(args)
     check_run_options(args.batch_size, args.workers)
     check_output_path(args.out)
     rank, world_size, device = init_distributed(args.device)
@@ -214,6 +281,20 @@ def run_inspect(args):
     return 0
 
 
+def run_show(args):
+    from ril.reader import RILTable
+    from ril.show import draw_table
+
+    root = os.path.abspath(os.path.expanduser(args.root)) if args.root else ""
+    picture = draw_table(RILTable(args.table, require_complete=False), root, args.images, args.regions, args.panel)
+    try:
+        picture.save(args.out, format="PNG")
+    except OSError as error:
+        raise OSError(f"cannot write the picture {args.out}: {error}") from error
+    print(f"Drew the regions of {args.table} into {args.out} ({picture.width}x{picture.height} px)")
+    return 0
+
+
 def run_verify(args):
     from ril.summary import verify
 
@@ -229,8 +310,8 @@ def run_verify(args):
     return 1 if result.problems else 0
 
 
-COMMANDS = {"precompute": run_precompute, "merge": run_merge, "add-features": run_add_features,
-            "inspect": run_inspect, "verify": run_verify}
+COMMANDS = {"plan": run_plan, "precompute": run_precompute, "merge": run_merge, "add-features": run_add_features,
+            "inspect": run_inspect, "verify": run_verify, "show": run_show}
 
 
 def main(argv=None):

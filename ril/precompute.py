@@ -186,7 +186,8 @@ def effective_spec(spec, fingerprint):
     return replace(spec, topk=topk, templates=templates)
 
 
-def _check_request(teachers, spec, num_classes):
+def check_teachers(teachers, spec, num_classes):
+    """Refuse teachers that cannot score these regions (another input size), or too many classes."""
     for teacher in teachers:
         if tuple(teacher.input_size) != tuple(spec.output_size):
             raise ValueError(
@@ -259,7 +260,7 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     teachers = [teacher] if isinstance(teacher, FrozenCLIP) else list(teacher)
     check_run_options(batch_size, workers)
     spec = effective_spec(spec, fingerprint)
-    _check_request(teachers, spec, len(classnames))
+    check_teachers(teachers, spec, len(classnames))
     check_output_path(out)
     _refuse_existing_output(out, overwrite, world_size)
     attrs = make_attrs(fingerprint, table_settings(teachers, spec), rank, world_size)

@@ -133,6 +133,9 @@ def test_an_existing_table_is_refused_with_a_message(reference, tiny_teacher, ca
     ("add-features", ["--table", "--model", "--root"]),
     ("inspect", ["--table"]),
     ("verify", ["--table", "--deep", "--dataset-config-file"]),
+    ("plan", ["--teacher", "--ensemble", "--regions", "--topk", "--batch-size", "--device", "--measure-batches",
+              "--root", "--dataset-config-file"]),
+    ("show", ["--out", "--images", "--regions", "--panel", "--root"]),
 ])
 def test_help_explains_every_flag(command, flags, capsys):
     with pytest.raises(SystemExit) as exit_code:
