@@ -23,6 +23,7 @@ import torch
 import datasets
 import trainers
 from ril.format import RILTableError
+from trainers import distributed
 from trainers.base import TrainingSetupError
 from trainers.config import check_registered, check_supervision, setup_cfg
 from trainers.dassl_compat import UnreadableImageError
@@ -94,14 +95,20 @@ def build(args):
     check_registered(cfg)
     if not args.eval_only:
         check_supervision(cfg)
+    if distributed.launched_by_torchrun():
+        check_distributed(cfg, args)
+        distributed.init_from_environment(cfg.USE_CUDA)
+        distributed.silence_other_ranks()
     if args.eval_only:
         open_evaluation_folder(cfg, args.model_dir, args.load_epoch, fresh=args.fresh)
-    else:
+    elif distributed.is_main_process():
         open_training_folder(cfg, fresh=args.fresh)
+    distributed.barrier()  # the other ranks read the folder once rank 0 has checked and recorded it
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    if distributed.is_main_process():
+        setup_logger(cfg.OUTPUT_DIR)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
@@ -111,6 +118,21 @@ def build(args):
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
     return trainer
+
+
+def check_distributed(cfg, args):
+    """torchrun trains this project's trainers (PromptTrainer); evaluation runs in one process."""
+    from dassl.engine import TRAINER_REGISTRY
+
+    from trainers.base import PromptTrainer
+
+    if args.eval_only:
+        raise ValueError("--eval-only runs in one process: start it with python, not torchrun")
+    if not issubclass(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), PromptTrainer):
+        raise ValueError(
+            f"torchrun trains this project's trainers (PromptTrainer subclasses); {cfg.TRAINER.NAME} is not one: "
+            "train it in one process"
+        )
 
 
 def setup_error(error):
@@ -150,6 +172,8 @@ def main(argv=None):
             trainer.train()
     except (TrainingSetupError, UnreadableImageError, RILTableError) as error:  # tables, teachers, checkpoints, images
         return setup_error(error)
+    finally:
+        distributed.leave()
     return 0
 
 

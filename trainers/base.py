@@ -12,8 +12,9 @@ from functools import cached_property
 import torch
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
+from torch.utils.data import DistributedSampler
 
-from . import dassl_compat
+from . import dassl_compat, distributed
 from .checkpoint_import import check_frozen_weights, published_layout, reference_folders
 from .checkpoints import (
     latest_common_epoch, prune_epochs, rng_state, set_rng_state, write_checkpoint, write_marker,
@@ -45,6 +46,10 @@ class PromptTrainer(TrainerX):
         for module in model.modules() if isinstance(model, torch.nn.Module) else ():
             if isinstance(module, TextEncoder):
                 module.checkpointing = cfg.MODEL.TEXT_CHECKPOINTING
+        if distributed.world_size() > 1:  # torchrun: start from rank 0's prompts; log what every rank averages
+            distributed.broadcast_parameters(self._models.values())
+            own_step = self.forward_backward
+            self.forward_backward = lambda batch: distributed.average_scalars(own_step(batch))
 
     @property
     def method_cfg(self):
@@ -114,10 +119,33 @@ class PromptTrainer(TrainerX):
             self.best_result = self.resumed_state["best_result"]
             set_rng_state(self.resumed_state["rng"])
 
+    def build_data_loader(self):
+        """Dassl's loaders; under torchrun the training one reads each process's share of every global batch."""
+        super().build_data_loader()
+        if distributed.world_size() > 1:
+            loader, cfg = self.train_loader_x, self.cfg
+            batch_size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+            self.train_loader_x = distributed.seeded_loader(
+                loader.dataset, batch_size, "images", max(cfg.SEED, 0), drop_last=len(loader.dataset) >= batch_size,
+                num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+            )
+
+    def before_epoch(self):
+        super().before_epoch()
+        sampler = getattr(self.train_loader_x, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(self.epoch)
+
+    def init_writer(self, log_dir):
+        if distributed.is_main_process():  # only rank 0 writes
+            super().init_writer(log_dir)
+
     def after_epoch(self):
-        super().after_epoch()  # Dassl saves at TRAIN.CHECKPOINT_FREQ and after the last epoch only
-        if self.saved_epoch != self.epoch:
-            self.save_model(self.epoch, self.output_dir)
+        if distributed.is_main_process():  # only rank 0 evaluates and checkpoints; the others wait for it
+            super().after_epoch()  # Dassl saves at TRAIN.CHECKPOINT_FREQ and after the last epoch only
+            if self.saved_epoch != self.epoch:
+                self.save_model(self.epoch, self.output_dir)
+        distributed.barrier()
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Dassl's save_model, written atomically, each checkpoint with the backbone identity and the training
@@ -184,7 +212,9 @@ class PromptTrainer(TrainerX):
 
     @torch.no_grad()
     def test(self, split=None):
-        """Dassl's test, with prompt-dependent text features computed once for the whole pass."""
+        """Dassl's test, with prompt-dependent text features computed once for the whole pass (on rank 0 only)."""
+        if not distributed.is_main_process():
+            return None
         model = getattr(self, "model", None)
         with model.frozen_text_features() if hasattr(model, "frozen_text_features") else nullcontext():
             return super().test(split)
@@ -207,19 +237,23 @@ def register_trainable(trainer, name, module, params=None):
 
 
 def backward_and_update(trainer, loss, names=None):
-    """One optimiser step of any Dassl trainer; through its grad scaler (`trainer.scaler`, as the CoOp family
-    keeps it under amp) when it has one."""
+    """One optimiser step of any Dassl trainer, as Dassl's model_backward_and_update; through its grad scaler
+    (`trainer.scaler`, as the CoOp family keeps it under amp) when it has one; gradients averaged over the
+    processes under torchrun."""
     scaler = getattr(trainer, "scaler", None)
-    if scaler is None:
-        trainer.model_backward_and_update(loss, names)
-        return
     trainer.model_zero_grad(names)
     trainer.detect_anomaly(loss)
-    scaler.scale(loss).backward()
-    for name in trainer.get_model_names(names):
-        if trainer._optims[name] is not None:
-            scaler.step(trainer._optims[name])
-    scaler.update()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    optimisers = [trainer._optims[name] for name in trainer.get_model_names(names) if trainer._optims[name] is not None]
+    distributed.average_gradients(param for optim in optimisers for group in optim.param_groups
+                                  for param in group["params"])
+    for optim in optimisers:
+        if scaler is None:
+            optim.step()
+        else:
+            scaler.step(optim)
+    if scaler is not None:
+        scaler.update()
 
 
 def end_of_epoch_step(trainer):

@@ -99,13 +99,17 @@ def _first_order_loss(logits_pos, logits_neg, info_weight):
     return (info_weight * cosine).mean()
 
 
-def _second_order_loss(text_pos, text_neg, teacher_prob):
-    """L_diff2: mean over ordered pairs i != j in Y of ||Delta_i - Delta_j||^2 / D.
+def top1_classes(teacher_prob):
+    """Y: the distinct teacher top-1 classes of a batch, ascending."""
+    return teacher_prob.argmax(dim=1).unique()
+
+
+def _second_order_loss(text_pos, text_neg, classes):
+    """L_diff2: mean over ordered pairs i != j in Y (`classes`) of ||Delta_i - Delta_j||^2 / D.
 
     Uses sum_{i != j} ||a_i - a_j||^2 = 2|Y| sum_i ||a_i - mean(a)||^2: O(|Y| D), and centring
     first avoids the cancellation of the uncentred identity when the Delta are close.
     """
-    classes = teacher_prob.argmax(dim=1).unique()
     if classes.numel() < 2:
         return text_pos.new_zeros(())
     shift = text_pos[classes] - text_neg[classes]
@@ -115,13 +119,14 @@ def _second_order_loss(text_pos, text_neg, teacher_prob):
 
 
 def fdbpl_loss_terms(
-    logits_pos, logits_neg, text_pos, text_neg, teacher_prob, teacher_entropy, alpha=0.5
+    logits_pos, logits_neg, text_pos, text_neg, teacher_prob, teacher_entropy, alpha=0.5, classes=None
 ):
     """All FDBPL terms (DESIGN 5): dict of scalars `pos`, `neg`, `diff1`, `diff2` and `weight` (B,).
 
     logits_pos, logits_neg (B, C) scaled; text_pos, text_neg (C, D) L2-normalised, or both None for a
     model that exposes no class text features (then there is no `diff2`);
-    teacher_prob (B, C) dense teacher distribution; teacher_entropy (B,) its full C-class entropy.
+    teacher_prob (B, C) dense teacher distribution; teacher_entropy (B,) its full C-class entropy;
+    classes: L_diff2's Y when the batch is larger than this part of it (several processes), else its top-1 classes.
     """
     batch, num_classes = logits_pos.shape
     expected_shapes = [
@@ -147,7 +152,8 @@ def fdbpl_loss_terms(
         "weight": weight,
     }
     if text_pos is not None:
-        terms["diff2"] = _second_order_loss(_at_least_fp32(text_pos), _at_least_fp32(text_neg), teacher_prob)
+        classes = top1_classes(teacher_prob) if classes is None else classes
+        terms["diff2"] = _second_order_loss(_at_least_fp32(text_pos), _at_least_fp32(text_neg), classes)
     return terms
 
 

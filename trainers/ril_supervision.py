@@ -32,7 +32,6 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from ril.format import RILTableError, run_fingerprint
 from ril.reader import RILTable
@@ -40,6 +39,7 @@ from ril.region_dataset import RegionDataset, collate_regions
 
 from .base import TrainingSetupError, backward_and_update, end_of_epoch_step, register_trainable
 from .clip_loading import backbone_id, load_clip
+from .distributed import global_top1_classes, seeded_loader
 from .losses import fdbpl_loss_terms, information_weight, positive_kd_loss, weighted_total
 from .online_teacher import load_online_teacher
 from .prompt_learners import PromptLearner, count_tokens, embed_words
@@ -234,6 +234,7 @@ class RILSupervision:
         super().before_epoch()
         if isinstance(self.train_loader_x.dataset, RegionDataset):
             self.train_loader_x.dataset.set_epoch(self.epoch)
+            self.train_loader_x.sampler.set_epoch(self.epoch)
 
     def build_online_teacher(self):
         node, cfg = self.ril_cfg, self.cfg
@@ -268,10 +269,10 @@ class RILSupervision:
             )
         images_per_batch = batch_size // node.REPEAT
         print(f"Training from RIL table {node.RIL_TABLE}: {len(dataset)} images x {node.REPEAT} regions per visit")
-        return DataLoader(
-            dataset, batch_size=images_per_batch, shuffle=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
-            collate_fn=collate_regions, drop_last=len(dataset) >= images_per_batch,
-            pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+        return seeded_loader(
+            dataset, images_per_batch, "images (BATCH_SIZE / TRAINER.FDBPL.REPEAT)", max(cfg.SEED, 0),
+            drop_last=len(dataset) >= images_per_batch, num_workers=cfg.DATALOADER.NUM_WORKERS,
+            collate_fn=collate_regions, pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
         )
 
     def parse_ril_batch(self, batch):
@@ -363,8 +364,9 @@ class RILSupervision:
             loss = positive_kd_loss(logits_pos, targets.soft_label, weight, node.ALPHA)
             return loss, {"loss": loss.item(), "pos": loss.item()}
         logits_neg, text_pos, text_neg = dual
+        classes = None if text_pos is None else global_top1_classes(targets.soft_label)
         terms = fdbpl_loss_terms(
-            logits_pos, logits_neg, text_pos, text_neg, targets.soft_label, targets.entropy, node.ALPHA
+            logits_pos, logits_neg, text_pos, text_neg, targets.soft_label, targets.entropy, node.ALPHA, classes
         )
         loss = weighted_total(terms, node.LAMBDA_NEG, node.LAMBDA_DIFF1, node.LAMBDA_DIFF2)
         return loss, {"loss": loss.item(), **{name: terms[name].item() for name in LOSS_TERMS if name in terms}}
