@@ -286,6 +286,8 @@ def test_open_set_demo_runs_end_to_end_for_zero_shot_coop_and_fdbpl(pretrained, 
             assert f"--model-dir {out}/base2new/train_base/synthetic/shots_16/{trainer}/" in settings
     again = run_script_sh("--out", str(out))  # nothing reruns: base2new's steps and the OOD passes are finished
     assert "[run]" not in again.stdout and again.stdout.count("[skip]") >= 3 + 6
+    changed = run_script_sh("--out", str(out), "--mcm-temperature", "0.5", check=False)  # a folder never mixes two
+    assert changed.returncode != 0 and "--mcm-temperature" in changed.stderr and "[run]" not in changed.stdout
     png, csv_path = tmp_path / "ood.png", tmp_path / "ood.csv"
     run_script("scripts/parse_results.py", str(out), "--protocol", "ood", "--plot", str(png), "--csv", str(csv_path))
     assert png.stat().st_size > 10000

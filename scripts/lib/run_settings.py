@@ -23,10 +23,13 @@ EXIT_DIFFERENT, EXIT_USAGE = 1, 2
 
 
 def program(words):
-    """(name, index of its first argument, repository root or None) of a train.py or ril precompute command."""
+    """(name, index of its first argument, repository root or None) of a train.py, ood_eval.py or ril precompute
+    command."""
     for i, word in enumerate(words):
         if word.endswith("train.py"):
             return "train.py", i + 1, os.path.dirname(word)
+        if word.endswith(os.path.join("scripts", "ood_eval.py")):
+            return "ood_eval.py", i + 1, os.path.dirname(os.path.dirname(word))
         if words[i:i + 3] == ["-m", "ril", "precompute"]:
             return "ril precompute", i + 3, None
     return None
