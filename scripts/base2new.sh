@@ -40,22 +40,6 @@ EOF
   print_flags
 }
 
-set_demo_defaults() {
-  DEMO=1
-  DEFAULT_OUT=output/demo
-  DEFAULT_TRAINER="ZeroshotCLIP CoOp FDBPL"
-  DEFAULT_DATASETS=synthetic
-  DEFAULT_SEEDS=1
-  DEFAULT_SHOTS=16
-  DEMO_CFG=tiny_ep10
-  if [ "${RANDOM_CLIP:-}" = 1 ]; then DEFAULT_SHOTS=4 DEMO_CFG=tiny_ep2; fi  # nothing to learn: be quick
-  DEFAULT_TEACHER=""
-  DEFAULT_REGIONS=16
-  DEFAULT_TOPK=5
-  DEFAULT_RIL_WORKERS=0
-  DEFAULT_DEVICE=cpu
-}
-
 # make_tiny_clip PATH [make_tiny_clip.py flags]: a random tiny CLIP checkpoint, unless PATH exists.
 make_tiny_clip() {
   local path="$1" output
@@ -141,14 +125,7 @@ script_flag_spec() {
   esac
 }
 
-parse_flags "$@"
-DEMO=0
-if [ -z "${DATA:-}" ]; then set_demo_defaults; fi
-if [ "$DEMO" = 0 ] && [ "${RANDOM_CLIP:-}" = 1 ]; then
-  usage_error "--random-clip applies to the demo only (no --data and no DATA)"
-fi
-apply_defaults
-require_one_value --shots "$SHOTS"
+parse_demo_or_data_flags "$@"
 if [ "$DEMO" = 1 ]; then setup_demo; else require_data; fi
 plan_methods_on_datasets base2new
 

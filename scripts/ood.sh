@@ -59,18 +59,6 @@ script_flag_spec() {
   esac
 }
 
-set_demo_defaults() {
-  DEMO=1
-  DEFAULT_OUT=output/demo
-  DEFAULT_TRAINER="ZeroshotCLIP CoOp FDBPL"
-  DEFAULT_DATASETS=synthetic
-  DEFAULT_SEEDS=1
-  DEFAULT_SHOTS=16
-  DEMO_CFG=tiny_ep10
-  if [ "${RANDOM_CLIP:-}" = 1 ]; then DEFAULT_SHOTS=4 DEMO_CFG=tiny_ep2; fi
-  DEFAULT_DEVICE=cpu
-}
-
 # run_demo_training: scripts/base2new.sh's demo with this sweep's flags (it skips what is finished), and
 # its tiny student CLIP as the backbone unless --backbone names another.
 run_demo_training() {
@@ -142,14 +130,7 @@ imagenet_sweep() {
   done
 }
 
-parse_flags "$@"
-DEMO=0
-if [ -z "${DATA:-}" ]; then set_demo_defaults; fi
-if [ "$DEMO" = 0 ] && [ "${RANDOM_CLIP:-}" = 1 ]; then
-  usage_error "--random-clip applies to the demo only (no --data and no DATA)"
-fi
-apply_defaults
-require_one_value --shots "$SHOTS"
+parse_demo_or_data_flags "$@"
 [[ "$MCM_TEMPERATURE" =~ ^[0-9]*\.?[0-9]+$ ]] ||
   usage_error "--mcm-temperature/MCM_TEMPERATURE is '$MCM_TEMPERATURE'; expected a positive number"
 case "$BENCHMARK" in

@@ -61,6 +61,38 @@ settings (trainer, configs, overrides, data root, backbone, RIL table, load epoc
 before anything runs and names the differences: give the new sweep another --out, or delete the
 folder."
 
+# set_demo_defaults: the demo's defaults (no --data and no DATA): Synthetic in output/demo, the tiny
+# CLIPs, 16 shots and tiny_ep10 configs (4 shots and tiny_ep2 with --random-clip: nothing to learn, be
+# quick), small RIL tables, the CPU.
+set_demo_defaults() {
+  DEMO=1
+  DEFAULT_OUT=output/demo
+  DEFAULT_TRAINER="ZeroshotCLIP CoOp FDBPL"
+  DEFAULT_DATASETS=synthetic
+  DEFAULT_SEEDS=1
+  DEFAULT_SHOTS=16
+  DEMO_CFG=tiny_ep10
+  if [ "${RANDOM_CLIP:-}" = 1 ]; then DEFAULT_SHOTS=4 DEMO_CFG=tiny_ep2; fi
+  DEFAULT_TEACHER=""
+  DEFAULT_REGIONS=16
+  DEFAULT_TOPK=5
+  DEFAULT_RIL_WORKERS=0
+  DEFAULT_DEVICE=cpu
+}
+
+# parse_demo_or_data_flags "$@": the flags; the demo's defaults when no DATA is given (--random-clip is the
+# demo's only); the defaults; one --shots value.
+parse_demo_or_data_flags() {
+  parse_flags "$@"
+  DEMO=0
+  if [ -z "${DATA:-}" ]; then set_demo_defaults; fi
+  if [ "$DEMO" = 0 ] && [ "${RANDOM_CLIP:-}" = 1 ]; then
+    usage_error "--random-clip applies to the demo only (no --data and no DATA)"
+  fi
+  apply_defaults
+  require_one_value --shots "$SHOTS"
+}
+
 die() { echo "$PROG: $*" >&2; exit 1; }
 usage_error() { echo "$PROG: $* (see $PROG --help)" >&2; exit 2; }
 
