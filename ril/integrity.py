@@ -2,7 +2,7 @@
 and when a table is verified.
 
 An image's checksum covers the bytes of its index, label, size and its block of every region
-dataset, exactly as stored (52 KB per image at M=500, K=20: checked whole on every read). Student
+dataset, exactly as stored (54 KB per image at M=500, K=20, one teacher: checked whole on every read). Student
 features have one checksum per region instead: an image's features are M x D float16 (512 KB at
 D=512), and a feature-cache read needs only R of its rows. CRC32 detects every error burst of at
 most 32 bits, so every single changed byte is detected, not just most of them.
