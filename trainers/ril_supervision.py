@@ -168,7 +168,9 @@ class RILSupervision:
         super().check_cfg(cfg)
         node = cfg.TRAINER.FDBPL
         if node.TEACHER_SOURCE not in TEACHER_SOURCES:
-            raise ValueError(f"TRAINER.FDBPL.TEACHER_SOURCE must be one of {TEACHER_SOURCES}; got {node.TEACHER_SOURCE!r}")
+            raise ValueError(
+                f"TRAINER.FDBPL.TEACHER_SOURCE must be one of {TEACHER_SOURCES}; got {node.TEACHER_SOURCE!r}"
+            )
         if node.FEATURE_CACHE and not self.SUPPORTS_FEATURE_CACHE:
             raise ValueError(
                 f"TRAINER.FDBPL.FEATURE_CACHE is on, but {type(self).__name__} cannot train from stored image "
