@@ -80,7 +80,8 @@ def valid_rows(rng, num_regions, topk, num_classes, width, height, index):
     boxes, flips = sample_regions(width, height, num_regions, 0, index, (0.08, 1.0), (3 / 4, 4 / 3), 0.5)
     return {
         "regions/box": boxes, "regions/flip": flips, "regions/topk_index": order.astype(np.uint16),
-        "regions/topk_logit": np.take_along_axis(logits, order, axis=1).astype(np.float16),
+        "regions/topk_logprob": np.take_along_axis(log_prob, order, axis=1).astype(np.float16),
+        "regions/teacher_top1": order[:, :1].astype(np.uint16),
         "regions/logsumexp": logsumexp, "regions/entropy": -(np.exp(log_prob) * log_prob).sum(axis=1),
     }
 
@@ -90,9 +91,10 @@ def build_table(path, num_images, num_regions, topk, num_classes):
     paths = [f"class{index % num_classes}/image_{index:03d}.jpg" for index in range(num_images)]
     labels = [index % num_classes for index in range(num_images)]
     classnames = [f"class {label}" for label in range(num_classes)]
-    settings = {"teacher": "sweep", "teacher_sha256": "", "templates": ["a photo of a {}."], "logit_scale": 100.0,
-                "num_regions": num_regions, "topk": topk, "output_size": [32, 32], "crop_scale": [0.08, 1.0],
-                "crop_ratio": [0.75, 4 / 3], "flip_prob": 0.5, "interpolation": "bicubic", "crop_seed": 0}
+    settings = {"teacher": ["sweep"], "teacher_sha256": [""], "ensemble": "none", "templates": ["a photo of a {}."],
+                "logit_scale": [100.0], "num_regions": num_regions, "topk": topk, "output_size": [32, 32],
+                "crop_scale": [0.08, 1.0], "crop_ratio": [0.75, 4 / 3], "flip_prob": 0.5, "interpolation": "bicubic",
+                "crop_seed": 0}
     fingerprint = expected_fingerprint("Sweep", 4, 1, "all", classnames, paths, labels)
     create_table(path, make_attrs(fingerprint, settings), paths, labels)
     with TableWriter(path) as writer:

@@ -216,8 +216,9 @@ def test_a_teacher_that_returns_nan_is_refused_before_the_image_is_written(built
 
     monkeypatch.setattr(teacher, "logits", third_image_nan)
     spec = RegionSpec(num_regions=5, topk=2, output_size=(32, 32))
-    with pytest.raises(RILTableError, match=r"refusing to write image 2 \(class2/img002.png\) to RIL table .*"
-                                            r"non-finite top-K logits.*nothing of this image was written"):
+    problem = r"top-K log-probabilities not finite and <= 0.*nothing of this image was written"
+    written = r"refusing to write image 2 \(class2/img002.png\) to RIL table .*"
+    with pytest.raises(RILTableError, match=written + problem):
         precompute(out, root, paths, labels, toy_fingerprint(paths, labels), teacher, spec, batch_size=8, workers=0)
     assert RILTable(out, require_complete=False).done.tolist() == [True, True, False, False, False, False]
 
@@ -292,7 +293,7 @@ def test_the_byte_flip_sweep_detects_every_flip_of_paths_and_rows(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = json.loads(report.read_text(encoding="utf-8"))["counts"]
     assert counts["images/path"]["detected"] == 2 * len("class0/image_000.jpg")  # every stored path byte
-    assert len(counts) == 11 and all(row["detected"] == sum(row.values()) > 0 for row in counts.values())
+    assert len(counts) == 12 and all(row["detected"] == sum(row.values()) > 0 for row in counts.values())
 
 
 # --- HDF5 metadata that crashes or hangs the library ---------------------------------------------
@@ -421,7 +422,8 @@ def test_image_paths_are_utf8_in_the_file_and_escaped_under_an_ascii_locale(tmp_
     create_table(out, make_attrs(toy_fingerprint(paths, labels), settings(num_regions=2)), paths, labels)
     rows = {"regions/box": np.array([[0, 0, 1, 1], [0.25, 0.5, 0.5, 0.5]], np.float32),
             "regions/flip": np.array([0, 1], np.uint8), "regions/topk_index": np.array([[0, 3], [2, 1]], np.uint16),
-            "regions/topk_logit": np.array([[2, 1], [1.5, -1]], np.float16),
+            "regions/topk_logprob": np.array([[-0.5, -1.5], [-0.5, -3.0]], np.float16),
+            "regions/teacher_top1": np.array([[0], [2]], np.uint16),
             "regions/logsumexp": np.array([2.5, 2.0], np.float32), "regions/entropy": np.array([0.5, 1], np.float32)}
     with TableWriter(out) as writer:
         for index in range(2):
