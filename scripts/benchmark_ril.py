@@ -33,6 +33,7 @@ from ril.precompute import RegionSpec, precompute  # noqa: E402
 from ril.reader import RILTable  # noqa: E402
 from ril.summary import bytes_per_region  # noqa: E402
 from ril.teachers import load_teacher  # noqa: E402
+from ril.templates import resolve_templates  # noqa: E402
 
 
 def parse_args(argv):
@@ -106,7 +107,7 @@ def write_pickle_layout(table, directory):
     for index in range(table.num_images):
         regions = np.arange(table.num_regions)
         rows = table.read(np.full_like(regions, index), regions)
-        probabilities = np.exp(rows["topk_logit"].astype(np.float32) - rows["logsumexp"][:, None])
+        probabilities = np.exp(rows["topk_logprob"].astype(np.float32))
         labels = np.stack([rows["topk_index"].astype(np.float32), probabilities], axis=1)
         path = os.path.join(directory, f"{index:05d}.tar")
         torch.save([torch.from_numpy(rows["box"]), torch.from_numpy(rows["flip"].astype(bool)),
@@ -125,7 +126,8 @@ def run(args, workdir):
     start = time.perf_counter()
     precompute(out, workdir, paths, labels, fingerprint, teacher, spec, args.batch_size, args.workers, overwrite=True)
     precompute_rate = args.images * args.regions / (time.perf_counter() - start)
-    forward_rate = bare_forward_rate(teacher, teacher.class_features(classnames, spec.templates),
+    templates = resolve_templates(spec.templates, fingerprint["dataset"])  # as precompute resolved them
+    forward_rate = bare_forward_rate(teacher, teacher.class_features(classnames, templates),
                                      min(args.batch_size, args.regions), args.seconds)
 
     rng = np.random.default_rng(1)
