@@ -240,6 +240,16 @@ def test_plugins_that_clash_with_the_project_are_named(source, message, syntheti
     assert message in result.stderr and "lab_plugin" in result.stderr
 
 
+def test_a_plugin_file_named_like_an_imported_module_is_refused(tmp_path):
+    import datasets  # imported before any plugin, as train.py and python -m ril do
+    from trainers.plugins import PluginError, load_plugins
+
+    (tmp_path / "datasets.py").write_text("raise AssertionError('must not run')\n")
+    with pytest.raises(PluginError, match="named like the module 'datasets' that is already imported"):
+        load_plugins([str(tmp_path / "datasets.py")])
+    assert sys.modules["datasets"] is datasets
+
+
 def test_a_plugin_that_is_not_found_is_named(synthetic_root, tiny_student, tmp_path):
     args = train_args(synthetic_root, tmp_path / "out", "CoOp", tiny_student, config_path("CoOp"))
     result = run("train.py", "--plugin", "lab_trainers.cocoop", *args, expect=2)

@@ -64,6 +64,11 @@ def _import_file(path):
     if not os.path.isfile(path):
         raise PluginError(f"plugin file {path!r} does not exist")
     module_name = os.path.splitext(os.path.basename(path))[0]
+    if module_name in sys.modules:  # importing it under that name would replace the module already there
+        raise PluginError(
+            f"plugin file {path!r} is named like the module {module_name!r} that is already imported "
+            f"({getattr(sys.modules[module_name], '__file__', None) or 'built in'}); rename the file"
+        )
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # its classes must be findable by name (pickling, Dassl's registry)
