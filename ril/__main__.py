@@ -7,6 +7,7 @@
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
     torchrun --nproc_per_node=4 -m ril precompute ...     (sharded: one shard per rank, merged by rank 0)
     python -m ril precompute ... --teacher ViT-L/14 --teacher open_clip:ViT-H-14-quickgelu/dfn5b   (an ensemble)
+    python -m ril precompute ... --lazy       (boxes only; training with TRAINER.FDBPL.RIL_FILL True fills it)
     python -m ril plan --root $DATA --dataset-config-file configs/datasets/imagenet.yaml \\
         --teacher ViT-L/14 --regions 500 --topk 20 DATASET.NUM_SHOTS -1      (size, forwards, hours; no table)
     python -m ril inspect --table TABLE
@@ -106,6 +107,10 @@ def build_parser():
     add_dataset_flags(pre, required=True)
     add_table_flags(pre)
     pre.add_argument("--out", required=True, help="table file to write, e.g. ril/oxford_pets_16shot_seed1.h5")
+    pre.add_argument("--lazy", action="store_true",
+                     help="create a lazy table: every region's box and flip, no teacher value; training with "
+                          "TRAINER.FDBPL.RIL_FILL True scores the regions it draws on first use, and this command "
+                          "without --lazy scores the rest. One process only")
     add_run_flags(pre)
 
     merge = add_command(commands, "merge", "merge shard tables (e.g. of an interrupted torchrun) into one")
@@ -246,13 +251,13 @@ def run_precompute(args):
         precompute(
             args.out, os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT)), paths, labels,
             run_fingerprint(cfg, dataset), teachers, spec, batch_size=args.batch_size,
-            workers=args.workers, overwrite=args.overwrite, rank=rank, world_size=world_size,
+            workers=args.workers, overwrite=args.overwrite, rank=rank, world_size=world_size, lazy=args.lazy,
         )
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
     if rank == 0:
-        print(f"RIL table written: {args.out}")
+        print(f"RIL table written: {args.out}" + (" (lazy: no region scored yet)" if args.lazy else ""))
     return 0
 
 

@@ -95,8 +95,8 @@ def normalize_pixels(pixels, mean, std):
     return (pixels.float() / 255.0 - mean) / std
 
 
-def load_rgb(path):
-    """Decode an image as RGB, as Dassl's `read_image` does; a missing or undecodable file is named."""
+def _read_image(path, read):
+    """`read(image)` of the PIL image at `path`; a missing or undecodable file is named."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"image {path} is missing: the RIL table lists it relative to the dataset root; "
@@ -104,10 +104,20 @@ def load_rgb(path):
         )
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return read(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # what PIL decoders raise
         raise OSError(f"image {path} cannot be decoded ({error}): the file is truncated or corrupt; "
                       "restore it from the dataset's archive") from error
+
+
+def load_rgb(path):
+    """Decode an image as RGB, as Dassl's `read_image` does."""
+    return _read_image(path, lambda image: image.convert("RGB"))
+
+
+def image_size(path):
+    """(width, height) of an image, from its header (the size `load_rgb` gives, without decoding)."""
+    return _read_image(path, lambda image: image.size)
 
 
 def cut_regions(image, boxes, flips, output_size, interpolation):

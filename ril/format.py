@@ -10,6 +10,12 @@ writing results only overwrites raw bytes in place and never changes HDF5 metada
 `writer`). Integrity: `images/checksum` holds a CRC32 of each image's rows (`integrity`), the
 root attribute `attributes_sha256` a digest of every other attribute but `complete`, and
 `image_list_sha256` covers the stored paths and labels.
+
+A lazy table (`precompute --lazy`) also has `regions/filled` and `regions/checksum`: its boxes and
+flips are written at creation, its teacher values region by region as training (or a later
+precompute) scores them. Until every region of an image is filled, the image's `images/checksum`
+covers its geometry (size, boxes, flips); once all are, it becomes the usual checksum of the image's
+rows and the image is marked done (see `lazy`).
 """
 import hashlib
 import json
@@ -76,6 +82,11 @@ FEATURES_DATASET = "student/features"  # optional (N, M, D) float16 student imag
 FEATURES_DONE = "student/done"  # (N,) uint8, like progress/done
 FEATURES_CHECKSUM = "student/checksum"  # (N, M) uint32, CRC32 of each region's features
 FEATURE_DATASETS = (FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM)
+# Lazy tables (`lazy`): every region's box and flip from creation on, teacher values only where filled.
+FILLED_DATASET = "regions/filled"  # (N, M) uint8: the region's teacher values are stored
+REGION_CHECKSUM = "regions/checksum"  # (N, M) uint32: CRC32 of a filled region's row, see integrity.region_checksums
+LAZY_DATASETS = (FILLED_DATASET, REGION_CHECKSUM)
+GEOMETRY_DATASETS = ("regions/box", "regions/flip")  # written at creation; the others when a region is scored
 REBUILD = "rebuild it with python -m ril precompute --overwrite"
 V1_REFUSAL = (
     "it stores top-K logits in float16 (regions/topk_logit), whose rounding costs up to ~1% of a probability at "
@@ -356,6 +367,7 @@ class TableLayout:
     features_attrs: dict
     locations: dict
     memory: dict
+    lazy: bool = False
 
 
 def dataset_location(dataset, path):
@@ -407,14 +419,19 @@ def read_layout(handle, path, in_memory=False):
     features_attrs = _features_attrs(handle, path, (attrs["num_images"], attrs["num_regions"]))
     if features_attrs is not None:
         names += FEATURE_DATASETS
-    flags = {name: handle[name][()] for name in (DONE_DATASET, FEATURES_DONE) if name in names}
+    lazy = FILLED_DATASET in handle
+    if lazy:
+        for name, dtype in zip(LAZY_DATASETS, ("uint8", "uint32")):
+            _check_dataset(handle, path, name, (attrs["num_images"], attrs["num_regions"]), dtype)
+        names += LAZY_DATASETS
+    flags = {name: handle[name][()] for name in (DONE_DATASET, FEATURES_DONE, FILLED_DATASET) if name in names}
     for name, values in flags.items():
         if not np.isin(values, (0, 1)).all():
             raise damaged(path, f"dataset {name} holds values other than 0 and 1")
     locations = {name: dataset_location(handle[name], path) for name in names}
     memory = {name: handle[name][()] for name in names if in_memory and locations[name][0] is None}
     return TableLayout(attrs, image_paths, labels, flags[DONE_DATASET].astype(bool),
-                       handle[CHECKSUM_DATASET][()], features_attrs, locations, memory)
+                       handle[CHECKSUM_DATASET][()], features_attrs, locations, memory, lazy)
 
 
 def shard_path(out, rank, world_size):

@@ -5,7 +5,9 @@ An image's checksum covers the bytes of its index, label, size and its block of 
 dataset, exactly as stored (54 KB per image at M=500, K=20, one teacher: checked whole on every read). Student
 features have one checksum per region instead: an image's features are M x D float16 (512 KB at
 D=512), and a feature-cache read needs only R of its rows. CRC32 detects every error burst of at
-most 32 bits, so every single changed byte is detected, not just most of them.
+most 32 bits, so every single changed byte is detected, not just most of them. A lazy table's
+regions are filled one by one, so each filled region has its own checksum (`region_checksums`), and
+an image with unfilled regions has a checksum of its geometry (`geometry_checksum`).
 """
 import math
 import zlib
@@ -29,6 +31,22 @@ def image_checksum(index, label, size, rows):
     stored dtype; `label` and `size` as stored (int32)."""
     head = [np.asarray([index], dtype="<u8"), np.asarray([label], dtype="<i4"), np.asarray(size, dtype="<i4")]
     return _crc(head + [rows[name] for name in REGION_DATASETS])
+
+
+def geometry_checksum(index, size, boxes, flips):
+    """CRC32 of a lazy table image's geometry: its size (2,) int32, boxes (M, 4) float32 and flips (M,) uint8."""
+    head = [np.asarray([index], dtype="<u8"), np.asarray(size, dtype="<i4")]
+    return _crc(head + [np.asarray(boxes, dtype="<f4"), np.asarray(flips, dtype=np.uint8)])
+
+
+def region_checksums(index, regions, size, rows):
+    """CRC32 of each region's stored row in a lazy table: (R,) uint32. `rows`: REGION_DATASETS name ->
+    (R, ...) of image `index` at `regions` (R,), in the stored dtype; `size` (2,) int32."""
+    head = np.asarray(size, dtype="<i4")
+    return np.array([
+        _crc([np.asarray([index, region], dtype="<u8"), head] + [rows[name][position] for name in REGION_DATASETS])
+        for position, region in enumerate(regions)
+    ], dtype=np.uint32)
 
 
 def features_checksums(index, regions, features):

@@ -247,7 +247,7 @@ def _fill(writer, batches, total, teachers, class_features, spec, batch_size, sh
 
 
 def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec, batch_size=256, workers=4,
-               overwrite=False, rank=0, world_size=1):
+               overwrite=False, rank=0, world_size=1, lazy=False):
     """Build (or resume) the table `out` for the given images; returns its path when complete.
 
     `image_paths` are relative to `image_root`, in the order of `fingerprint` (see
@@ -255,17 +255,24 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     `spec.ensemble` says). With world_size > 1 (an initialised torch.distributed group),
     this rank fills its shard and rank 0 merges all shards into `out`. The table records
     `effective_spec(spec, fingerprint)`; it is marked complete only after every row read back.
+    `lazy`: create a lazy table instead (boxes and flips only, see `lazy`); an existing lazy table is
+    continued: its unfilled regions are scored.
     """
+    from .lazy import create_lazy_table
+
     classnames = fingerprint["classnames"]
     teachers = [teacher] if isinstance(teacher, FrozenCLIP) else list(teacher)
     check_run_options(batch_size, workers)
     spec = effective_spec(spec, fingerprint)
     check_teachers(teachers, spec, len(classnames))
     check_output_path(out)
+    if lazy:
+        _refuse_lazy_request(out, overwrite, world_size)
+        create_lazy_table(out, image_root, image_paths, labels, fingerprint, teachers, spec, workers)
+        return out
     _refuse_existing_output(out, overwrite, world_size)
     attrs = make_attrs(fingerprint, table_settings(teachers, spec), rank, world_size)
     target = out if world_size == 1 else shard_path(out, rank, world_size)
-    class_features = [teacher.class_features(classnames, spec.templates) for teacher in teachers]
     layout = _prepare_target(target, attrs, image_paths, labels, overwrite)
     mine = np.arange(rank, len(image_paths), world_size)
     pending = mine[~layout.done[mine]]
@@ -273,6 +280,9 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
         logger.info("Resuming %s: %d of %d images already done", target, len(mine) - len(pending), len(mine))
     dataset = ImageRegions(image_root, image_paths, pending, spec.output_size, spec.interpolation, SampledRegions(spec))
     batches = iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers))
+    if layout.lazy:
+        return _continue_lazy(out, teachers, batches, len(dataset), batch_size)
+    class_features = [teacher.class_features(classnames, spec.templates) for teacher in teachers]
     with TableWriter(target, layout) as writer:
         _fill(writer, batches, len(dataset), teachers, class_features, spec, batch_size, show_progress=rank == 0)
     complete_table(target, mine)
@@ -286,4 +296,27 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
             for shard in shards:
                 os.remove(shard)
         logger.info("Merged %d shards into %s", world_size, out)
+    return out
+
+
+def _refuse_lazy_request(out, overwrite, world_size):
+    if world_size > 1:
+        raise RILTableError("--lazy creates a table in one process (it scores nothing); run it without torchrun")
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(
+            f"RIL table {out} exists: a lazy table is filled by training (TRAINER.FDBPL.RIL_FILL True) or by this "
+            "command without --lazy; pass --overwrite to create it anew"
+        )
+    if overwrite and os.path.exists(out):
+        os.remove(out)
+
+
+def _continue_lazy(out, teachers, batches, total, batch_size):
+    """Score the unfilled regions of the lazy table `out` (the images of `batches`), then complete it."""
+    from .lazy import TableFiller, continue_lazy_table
+
+    logger.info("Continuing lazy table %s: scoring its unfilled regions", out)
+    with TableFiller(out, teachers, batch_size) as filler:
+        continue_lazy_table(filler, regions_of(batches), total)
+    logger.info("RIL table complete: %s (%d regions scored now)", out, filler.scored_regions)
     return out

@@ -6,6 +6,8 @@ format keeps datasets contiguous), opened lazily in each process: a table object
 to DataLoader workers (fork or spawn) and no file handle is ever shared across a fork.
 `in_memory=True` loads every array once instead (any layout). `read_image` checks an image's
 rows against its checksum before serving them; `read` serves any (image, region) pairs unchecked.
+A lazy table is read as it fills: `read_regions` serves its filled regions, each checked against its
+own checksum, and says which regions are not filled yet (their box and flip only).
 """
 import os
 
@@ -13,10 +15,10 @@ import numpy as np
 import torch
 
 from .format import (
-    CHECKSUM_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, REGION_DATASETS, RILTableError, damaged,
-    check_fingerprint,
+    CHECKSUM_DATASET, DONE_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, FILLED_DATASET,
+    LAZY_DATASETS, REGION_CHECKSUM, REGION_DATASETS, RILTableError, damaged, check_fingerprint,
 )
-from .integrity import features_checksums, image_checksum, value_problems
+from .integrity import features_checksums, geometry_checksum, image_checksum, region_checksums, value_problems
 from .probe import load_layout
 
 DENSIFY_MODES = ("smooth", "renorm")
@@ -38,13 +40,16 @@ class RILTable:
         layout = load_layout(self.path, in_memory)
         self.attrs, self.image_paths, self.labels = layout.attrs, layout.image_paths, layout.labels
         self.done, self.checksums, self.features_attrs = layout.done, layout.checksums, layout.features_attrs
-        if require_complete:
-            self.check_complete()
+        self.lazy = layout.lazy
         names = list(MAPPED)
         if self.features_attrs is not None:
             names += [FEATURES_DATASET, FEATURES_DONE, FEATURES_CHECKSUM]
+        if self.lazy:  # filled while it is read: flags and checksums are read from the file, not from `layout`
+            names += [*LAZY_DATASETS, DONE_DATASET, CHECKSUM_DATASET]
         self.locations = {name: layout.locations[name] for name in names}
-        self._memory = None
+        self._memory, self._maps, self._pid = None, None, None
+        if require_complete:
+            self.check_complete()
         if in_memory:
             self._memory = {name: layout.memory[name] if name in layout.memory else np.array(self._map(name))
                             for name in names}
@@ -56,9 +61,16 @@ class RILTable:
                     "by another tool), so it cannot be mapped; load the table in memory (TRAINER.FDBPL.IN_MEMORY "
                     "True) or rebuild it with python -m ril precompute"
                 )
-        self._maps, self._pid = None, None
 
     def check_complete(self):
+        if self.lazy and not self.attrs["complete"]:
+            filled = self.array(FILLED_DATASET)
+            raise RILTableError(
+                f"RIL table {self.path} is a lazy table with {int(np.count_nonzero(filled))} of {filled.size} regions "
+                "filled: train with TRAINER.FDBPL.RIL_FILL True and its teacher (TRAINER.FDBPL.TEACHER_BACKBONE), "
+                "which scores the regions a run needs, or fill it all with the python -m ril precompute command "
+                "that made it, without --lazy"
+            )
         if not (self.attrs["complete"] and self.done.all()):
             raise RILTableError(
                 f"RIL table {self.path} is unfinished: {int(self.done.sum())} of {len(self.done)} images done. "
@@ -120,7 +132,8 @@ class RILTable:
         arrays = self._arrays()
         rows = {name: np.asarray(arrays[name][index]) for name in REGION_DATASETS}
         size = np.asarray(arrays["images/size"][index])
-        found, stored = image_checksum(index, self.labels[index], size, rows), int(self.checksums[index])
+        stored = int(arrays[CHECKSUM_DATASET][index] if self.lazy else self.checksums[index])
+        found = image_checksum(index, self.labels[index], size, rows)
         problem = None if found == stored else (
             f"the rows of image {index} ({self.image_paths[index]}) do not match their checksum "
             f"({CHECKSUM_DATASET} {stored:#010x}, the rows give {found:#010x})"
@@ -141,16 +154,79 @@ class RILTable:
         regions = np.asarray(regions, dtype=np.int64)
         return {short: rows[name][regions] for short, name in FIELDS.items()}
 
+    def image_done(self, index):
+        """Whether image `index` is done, read from the file for a lazy table (which fills while it is read)."""
+        return bool(self._arrays()[DONE_DATASET][index]) if self.lazy else bool(self.done[index])
+
+    def read_regions(self, index, regions):
+        """(rows keyed like `read`, filled (R,) bool) of image `index` at `regions`. Rows of a done image are
+        checked against its checksum; in a lazy table's unfinished image, filled regions are checked against
+        their own checksums, and unfilled ones give their box and flip (checked with the image's geometry)
+        and zeros."""
+        regions = np.asarray(regions, dtype=np.int64)
+        if self.image_done(index):
+            return self.read_image(index, regions), np.ones(len(regions), dtype=bool)
+        if not self.lazy:
+            raise RILTableError(f"RIL table {self.path}: image {index} ({self.image_paths[index]}) is not done")
+        rows, filled, problem = self.unfinished_rows(index, regions)
+        if problem:
+            raise damaged(self.path, problem)
+        return {short: rows[name] for short, name in FIELDS.items()}, filled
+
+    def unfinished_rows(self, index, regions):
+        """(rows REGION_DATASETS name -> (R, ...), filled (R,) bool, problem or None) of a lazy table's image
+        that is not done. The filled flags are read first: a region is marked only after its row is stored."""
+        arrays = self._arrays()
+        filled = np.asarray(arrays[FILLED_DATASET][index, regions]).astype(bool)
+        rows = {name: np.asarray(arrays[name][index, regions]) for name in REGION_DATASETS}
+        size = np.asarray(arrays["images/size"][index])
+        where = f"image {index} ({self.image_paths[index]})"
+        found = region_checksums(index, regions[filled], size, {name: value[filled] for name, value in rows.items()})
+        bad = np.flatnonzero(found != arrays[REGION_CHECKSUM][index, regions[filled]])
+        if len(bad):
+            region = int(regions[filled][bad[0]])
+            return rows, filled, f"the row of {where}, region {region}, does not match its checksum ({REGION_CHECKSUM})"
+        if not filled.all():  # the image's checksum still covers its geometry (every region is not filled yet)
+            geometry = geometry_checksum(index, size, arrays["regions/box"][index], arrays["regions/flip"][index])
+            if geometry != int(arrays[CHECKSUM_DATASET][index]):
+                return rows, filled, (f"the size, boxes and flips of {where} do not match its geometry checksum "
+                                      f"({CHECKSUM_DATASET})")
+        return rows, filled, None
+
+    def filled(self, images, regions):
+        """(R,) bool: whether the teacher values of (images[j], regions[j]) are stored, read from the file."""
+        images, regions = np.asarray(images, dtype=np.int64), np.asarray(regions, dtype=np.int64)
+        if not self.lazy:
+            return self.done[images].copy()
+        arrays = self._arrays()
+        return np.asarray(arrays[FILLED_DATASET][images, regions]).astype(bool) | np.asarray(
+            arrays[DONE_DATASET][images]).astype(bool)
+
+    def filled_regions(self):
+        """(N, M) bool: the regions whose teacher values are stored (all of them in a table that is not lazy)."""
+        if not self.lazy:
+            return np.broadcast_to(self.done[:, None], (self.num_images, self.num_regions))
+        done = np.asarray(self.array(DONE_DATASET)).astype(bool)
+        return np.asarray(self.array(FILLED_DATASET)).astype(bool) | done[:, None]
+
     def image_problems(self, index, features=False):
-        """What is wrong with image `index`'s rows (checksum, then values) or its student features."""
+        """What is wrong with image `index`'s rows (checksum, then values) or its student features; of a lazy
+        table's unfinished image, its filled regions and its geometry."""
         if features:
             features, problem = self._features(index, np.arange(self.num_regions))
             if problem is None and not np.isfinite(features).all():
                 problem = f"image {index} ({self.image_paths[index]}): non-finite student features"
             return [problem] if problem else []
-        rows, size, problem = self._image_rows(index)
-        if problem:
-            return [problem]
+        if self.lazy and not self.image_done(index):
+            rows, filled, problem = self.unfinished_rows(index, np.arange(self.num_regions))
+            if problem:
+                return [problem]
+            rows = {name: value[filled] for name, value in rows.items()}
+            size = np.asarray(self.array("images/size")[index])
+        else:
+            rows, size, problem = self._image_rows(index)
+            if problem:
+                return [problem]
         problems = value_problems({name: value[None] for name, value in rows.items()}, size[None], self.num_classes)
         return [f"image {index} ({self.image_paths[index]}): {problem}" for problem in problems]
 

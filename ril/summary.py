@@ -108,6 +108,8 @@ def describe(table):
         f"{attrs['interpolation']}, crop seed {attrs['crop_seed']}",
         f"progress: {int(table.done.sum())} of {table.num_images} images done, "
         f"{'complete' if attrs['complete'] else 'UNFINISHED'}",
+        *([f"lazy table: {int(table.filled_regions().sum())} of {table.num_images * table.num_regions} regions "
+           "filled (training with TRAINER.FDBPL.RIL_FILL True fills the regions it draws)"] if table.lazy else []),
         f"bytes per region: {per_region}; per image: {per_region * table.num_regions}",
         "student features: " + (f"{features['student']} ({'complete' if table.has_features() else 'unfinished'})"
                                 if features is not None else "none"),
@@ -119,9 +121,9 @@ def describe(table):
 
 
 def images_to_check(table, deep):
-    """Done images whose rows `verify` checks: all with `deep`, else VERIFY_SAMPLE spread evenly
-    from the first to the last."""
-    done = np.flatnonzero(table.done)
+    """Images whose rows `verify` checks (done ones; in a lazy table all, for their filled regions and
+    geometry): all with `deep`, else VERIFY_SAMPLE spread evenly from the first to the last."""
+    done = np.arange(table.num_images) if table.lazy else np.flatnonzero(table.done)
     if deep or len(done) <= VERIFY_SAMPLE:
         return done
     return done[np.linspace(0, len(done) - 1, VERIFY_SAMPLE).round().astype(np.int64)]

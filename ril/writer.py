@@ -19,10 +19,11 @@ import h5py
 import numpy as np
 
 from .format import (
-    CHECKSUM_DATASET, DONE_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, PATH_DATASET,
-    REGION_DATASETS, RILTableError, encode_attr, open_table_file, path_dtype, read_layout, stamped, table_schema,
+    CHECKSUM_DATASET, DONE_DATASET, FEATURES_CHECKSUM, FEATURES_DATASET, FEATURES_DONE, FILLED_DATASET,
+    GEOMETRY_DATASETS, LAZY_DATASETS, PATH_DATASET, REGION_CHECKSUM, REGION_DATASETS, RILTableError, encode_attr,
+    open_table_file, path_dtype, read_layout, stamped, table_schema,
 )
-from .integrity import features_checksums, image_checksum, value_problems
+from .integrity import features_checksums, geometry_checksum, image_checksum, region_checksums, value_problems
 from .probe import load_layout
 
 HDF5_ERRNO = re.compile(r"errno = (\d+)")  # h5py puts the C errno in its message text
@@ -143,9 +144,9 @@ def create_contiguous(group, name, shape, dtype):
     return group.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl, fill_time="never")
 
 
-def _write_structure(temporary, path, attrs, image_paths, features):
+def _write_structure(temporary, path, attrs, image_paths, features, lazy):
     """The HDF5 structure of an empty table `path`, written to `temporary`; returns {name: (offset, dtype)}
-    of its paths and labels."""
+    of its datasets."""
     num_images, num_regions = len(image_paths), attrs["num_regions"]
     with hdf5_writes(path, "create"), h5py.File(temporary, "w") as handle:
         for name, value in stamped(attrs).items():
@@ -153,6 +154,9 @@ def _write_structure(temporary, path, attrs, image_paths, features):
         create_contiguous(handle, PATH_DATASET, (num_images,), path_dtype(image_paths))
         for name, (shape, dtype) in table_schema(attrs).items():
             create_contiguous(handle, name, shape, dtype)
+        if lazy:
+            for name, dtype in zip(LAZY_DATASETS, ("uint8", "uint32")):
+                create_contiguous(handle, name, (num_images, num_regions), dtype)
         if features is not None:
             dim, feature_attrs = features
             cache = create_contiguous(handle, FEATURES_DATASET, (num_images, num_regions, dim), "float16")
@@ -160,7 +164,14 @@ def _write_structure(temporary, path, attrs, image_paths, features):
                 cache.attrs[name] = encode_attr(name, value)
             create_contiguous(handle, FEATURES_DONE, (num_images,), "uint8")
             create_contiguous(handle, FEATURES_CHECKSUM, (num_images, num_regions), "uint32")
-        return {name: (handle[name].id.get_offset(), handle[name].dtype) for name in (PATH_DATASET, "images/label")}
+        return {name: (dataset.id.get_offset(), dataset.dtype) for name, dataset in _datasets(handle)}
+
+
+def _datasets(handle):
+    """(name, dataset) of every dataset in an open file, by full path without the leading slash."""
+    found = []
+    handle.visititems(lambda name, item: found.append((name, item)) if isinstance(item, h5py.Dataset) else None)
+    return found
 
 
 def fill_new_file(temporary, path, write_data):
@@ -180,22 +191,31 @@ def fill_new_file(temporary, path, write_data):
         raise write_failure(path, "create", error, f"it needs {size / 2**20:.1f} MiB") from error
 
 
-def create_table(path, attrs, image_paths, labels, features=None):
+def create_table(path, attrs, image_paths, labels, features=None, geometry=None):
     """Write an empty, unfinished table at `path`; built under a temporary name (removed on failure)
     and renamed once its paths and labels read back correctly. `features`: (D, attributes) of an
-    empty student feature cache to include."""
+    empty student feature cache to include. `geometry`: makes a lazy table; an iterable of
+    (index, size (2,), boxes (M, 4), flips (M,)) covering every image, written with the image's
+    geometry checksum (integrity.geometry_checksum)."""
     check_output_path(path)
     temporary = f"{path}.creating-{os.getpid()}"
     try:
-        locations = _write_structure(temporary, path, attrs, image_paths, features)
+        locations = _write_structure(temporary, path, attrs, image_paths, features, lazy=geometry is not None)
 
-        def write_paths_and_labels(raw):
-            for name, values in ((PATH_DATASET, [image.encode("utf-8") for image in image_paths]),
-                                 ("images/label", labels)):
-                offset, dtype = locations[name]
-                raw.write(offset, np.asarray(values, dtype=dtype))
+        def put(raw, name, index, values):
+            offset, dtype = locations[name]
+            stored = np.ascontiguousarray(values, dtype=dtype)
+            raw.write(offset + index * stored.nbytes, stored)
 
-        fill_new_file(temporary, path, write_paths_and_labels)
+        def write_data(raw):
+            put(raw, PATH_DATASET, 0, [image.encode("utf-8") for image in image_paths])
+            put(raw, "images/label", 0, labels)
+            for index, size, boxes, flips in geometry or ():
+                for name, values in (("images/size", size), ("regions/box", boxes), ("regions/flip", flips),
+                                     (CHECKSUM_DATASET, geometry_checksum(index, size, boxes, flips))):
+                    put(raw, name, index, values)
+
+        fill_new_file(temporary, path, write_data)
         with open_table_file(temporary) as handle:  # read back: paths and labels must match their hash
             read_layout(handle, temporary)
         replace_durably(temporary, path)
@@ -263,16 +283,62 @@ class TableWriter:
             "in the model on its device (try --device cpu)"
         )
 
+    def _check_values(self, index, size, data):
+        """Refuse rows (REGION_DATASETS name -> (n, ...) stored) that fail the value checks."""
+        problems = value_problems({name: value[None] for name, value in data.items()}, size[None], self.num_classes)
+        if problems:
+            raise self._refuse(index, problems)
+
     def write_image(self, index, size, rows):
         """Store one image's rows (REGION_DATASETS name -> (M, ...)) and its checksum, then mark it done."""
         data = {name: self._stored(name, rows[name]) for name in REGION_DATASETS}
         size = self._stored("images/size", size)
-        problems = value_problems({name: value[None] for name, value in data.items()}, size[None], self.num_classes)
-        if problems:
-            raise self._refuse(index, problems)
+        self._check_values(index, size, data)
         checksum = image_checksum(index, self.layout.labels[index], size, data)
         data.update({"images/size": size, CHECKSUM_DATASET: self._stored(CHECKSUM_DATASET, checksum)})
         self._write_then_mark(index, data, DONE_DATASET)
+
+    def write_regions(self, index, regions, size, rows):
+        """Store the teacher values of some regions of a lazy table's image and their checksums, unmarked.
+
+        `rows`: REGION_DATASETS name -> (R, ...) at `regions` (R,), the box and flip being the stored ones
+        (they are not rewritten). The caller syncs (`sync`) before `mark_filled`, so a region is never
+        marked with rows that did not reach the disk.
+        """
+        data = {name: np.asarray(rows[name], dtype=self.layout.locations[name][2]) for name in REGION_DATASETS}
+        size = self._stored("images/size", size)
+        self._check_values(index, size, data)
+        checksums = region_checksums(index, regions, size, data)
+        num_regions = self.layout.attrs["num_regions"]
+        try:
+            for position, region in enumerate(regions):
+                slot = index * num_regions + int(region)
+                for name, stored in data.items():
+                    if name not in GEOMETRY_DATASETS:
+                        self._put(name, slot, stored[position])
+                self._put(REGION_CHECKSUM, slot, checksums[position])
+        except OSError as error:
+            raise write_failure(self.path, f"write regions of image {index} to", error, RESUMABLE) from error
+
+    def mark_filled(self, index, regions):
+        num_regions = self.layout.attrs["num_regions"]
+        try:
+            for region in regions:
+                self._put(FILLED_DATASET, index * num_regions + int(region), np.uint8(1))
+        except OSError as error:
+            raise write_failure(self.path, f"mark regions of image {index} in", error, RESUMABLE) from error
+
+    def finish_image(self, index, size, rows):
+        """Mark done a lazy table's image whose regions are all filled: its checksum becomes that of its
+        rows (REGION_DATASETS name -> (M, ...), read back and checked region by region by the caller)."""
+        checksum = image_checksum(index, self.layout.labels[index], self._stored("images/size", size), rows)
+        self._write_then_mark(index, {CHECKSUM_DATASET: self._stored(CHECKSUM_DATASET, checksum)}, DONE_DATASET)
+
+    def sync(self):
+        try:
+            self.raw.sync()
+        except OSError as error:
+            raise write_failure(self.path, "sync", error, RESUMABLE) from error
 
     def write_features(self, index, features):
         """Store one image's student features (M, D) and their checksum, then mark them done."""
