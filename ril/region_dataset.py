@@ -5,6 +5,10 @@ student and teacher see the same pixels. The regions of image i in an epoch come
 generator seeded by (seed, epoch, i): deterministic and independent of DataLoader workers.
 Call `set_epoch` before each epoch (workers must not be persistent, so they see it). Every item
 checks its image's rows (and stored features) against their checksums (`RILTable.read_image`).
+
+From a lazy table that is not complete, an item also says which regions are `filled`; unfilled ones
+carry NaN soft labels and entropies, and their uint8 pixels (`raw`, the teacher's input) go to the
+training process, which scores them (`ril.lazy.TableFiller`) and replaces the NaNs.
 """
 import os
 
@@ -41,6 +45,7 @@ class RegionDataset(Dataset):
         self.repeat, self.seed, self.epoch = int(repeat), int(seed), 0
         self.densify_mode = densify_mode
         self.features = features
+        self.lazy = self.table.lazy and not self.table.attrs["complete"]
         self.output_size = self._check_output_size(output_size)
         if not 1 <= self.repeat <= self.table.num_regions:
             raise ValueError(f"repeat={repeat} must be between 1 and the table's {self.table.num_regions} regions")
@@ -82,14 +87,24 @@ class RegionDataset(Dataset):
         return torch.randperm(self.table.num_regions, generator=generator)[: self.repeat].numpy()
 
     def __getitem__(self, index):
-        """img (R, 3, H, W) or feature (R, D); soft_label (R, C); weight, entropy (R,); label, index, region (R,)."""
+        """img (R, 3, H, W) or feature (R, D); soft_label (R, C); weight, entropy (R,); label, index, region (R,);
+        from a lazy table also filled (R,) bool and raw (U, 3, H, W) uint8, the U unfilled regions."""
         regions = self.region_indices(index)
         images = np.full(self.repeat, index, dtype=np.int64)
-        rows = self.table.read_image(index, regions)
+        if self.lazy:
+            rows, filled = self.table.read_regions(index, regions)
+        else:
+            rows, filled = self.table.read_image(index, regions), np.ones(self.repeat, dtype=bool)
+        soft_label = densify(rows["topk_index"], rows["topk_logprob"], self.table.num_classes, self.densify_mode)
+        entropy = torch.from_numpy(rows["entropy"].astype(np.float32))
+        unfilled = torch.from_numpy(~filled)
+        weight = torch.full_like(entropy, float("nan"))
+        weight[~unfilled] = information_weight(entropy[~unfilled], self.table.num_classes)
+        soft_label[unfilled], entropy[unfilled] = float("nan"), float("nan")
         item = {
-            "soft_label": densify(rows["topk_index"], rows["topk_logprob"], self.table.num_classes, self.densify_mode),
-            "weight": information_weight(torch.from_numpy(rows["entropy"]), self.table.num_classes),
-            "entropy": torch.from_numpy(rows["entropy"].astype(np.float32)),
+            "soft_label": soft_label,
+            "weight": weight,
+            "entropy": entropy,
             "label": torch.from_numpy(self.table.labels[images]),
             "index": torch.from_numpy(images),
             "region": torch.from_numpy(regions.astype(np.int64)),
@@ -100,6 +115,8 @@ class RegionDataset(Dataset):
             image = load_rgb(os.path.join(self.image_root, self.table.image_paths[index]))
             pixels = cut_regions(image, rows["box"], rows["flip"], self.output_size, self.table.attrs["interpolation"])
             item["img"] = normalize_pixels(pixels, self.mean, self.std)
+            if self.lazy:
+                item["filled"], item["raw"] = torch.from_numpy(filled), pixels[unfilled]
         return item
 
 

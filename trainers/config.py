@@ -42,7 +42,8 @@ TRAINING_ONLY_KEYS = (
     "TRAINER.PROMPTKD.KD_WEIGHT", "TRAINER.PROMPTKD.TEMPERATURE", "TRAINER.PROMPTKD.TRANSDUCTIVE",
     "TRAINER.PROMPTKD.TEACHER_*",
     "TRAINER.FDBPL.ALPHA", "TRAINER.FDBPL.LAMBDA_*", "TRAINER.FDBPL.DENSIFY", "TRAINER.FDBPL.REPEAT",
-    "TRAINER.FDBPL.FEATURE_CACHE", "TRAINER.FDBPL.IN_MEMORY", "TRAINER.FDBPL.TEACHER_*",
+    "TRAINER.FDBPL.FEATURE_CACHE", "TRAINER.FDBPL.IN_MEMORY", "TRAINER.FDBPL.RIL_FILL",
+    "TRAINER.FDBPL.TEACHER_*",
     "TRAINER.CASPL.TEACHER_*", "TRAINER.CASPL.TEMPERATURE", "TRAINER.CASPL.KD_WEIGHT", "TRAINER.CASPL.BOOST_*",
 )
 
@@ -126,9 +127,10 @@ def extend_cfg(cfg):
     # an epoch visits every image once, so REPEAT multiplies the iterations per epoch
     cfg.TRAINER.FDBPL.FEATURE_CACHE = False  # serve stored student image features, no pixels
     cfg.TRAINER.FDBPL.IN_MEMORY = False  # load the whole table into memory
+    cfg.TRAINER.FDBPL.RIL_FILL = False  # RIL_TABLE may be lazy: score its missing regions with TEACHER_BACKBONE
     cfg.TRAINER.FDBPL.TEACHER_SOURCE = "ril"  # ril (soft labels from RIL_TABLE) or online: KDPL, the same losses
     # against TEACHER_BACKBONE run on every batch of training images (random crops from INPUT.TRANSFORMS)
-    cfg.TRAINER.FDBPL.TEACHER_BACKBONE = "ViT-L/14"  # online: CLIP name, checkpoint path or open_clip:M/P
+    cfg.TRAINER.FDBPL.TEACHER_BACKBONE = "ViT-L/14"  # online and RIL_FILL: CLIP name, checkpoint path or open_clip:M/P
     cfg.TRAINER.FDBPL.TEACHER_TEMPLATES = ()  # online: class texts (templates or set names as in
     # `python -m ril precompute --templates`); empty = the dataset's CoOp template, as an RIL table's default
 

@@ -23,6 +23,11 @@ registered and checkpointed); its negative logits come from the model's own forw
 swapped, which runs the image encoder a second time, and such a model exposes no class text features,
 so L_diff2 is not available there (LAMBDA_DIFF2 must be 0.0).
 
+With TRAINER.FDBPL.RIL_FILL, the table may be lazy (`python -m ril precompute --lazy`): the regions a
+batch draws that are not scored yet are scored by the table's teacher (TEACHER_BACKBONE) in the training
+process and written back (`ril.lazy.TableFiller`), so a first run costs about what an online teacher
+costs and a rerun with the same seed scores nothing. One process only.
+
 TRAINER.FDBPL.TEACHER_SOURCE online is the KDPL baseline: the same losses, with soft labels from a
 teacher CLIP (TEACHER_BACKBONE) run on every batch of Dassl's training images instead of a table.
 """
@@ -34,12 +39,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ril.format import RILTableError, run_fingerprint
-from ril.reader import RILTable
+from ril.lazy import TableFiller
+from ril.reader import RILTable, densify
 from ril.region_dataset import RegionDataset, collate_regions
+from ril.teachers import load_teacher
 
 from .base import TrainingSetupError, backward_and_update, end_of_epoch_step, register_trainable
 from .clip_loading import backbone_id, load_clip
-from .distributed import global_top1_classes, seeded_loader
+from .distributed import global_top1_classes, seeded_loader, world_size
 from .losses import fdbpl_loss_terms, information_weight, positive_kd_loss, weighted_total
 from .online_teacher import load_online_teacher
 from .prompt_learners import PromptLearner, count_tokens, embed_words
@@ -177,10 +184,15 @@ class RILSupervision:
                 "features: its image encoder is prompted or trained (stored features would be stale), or its model "
                 "is scored on pixels through its own forward; set TRAINER.FDBPL.FEATURE_CACHE False"
             )
-        if node.TEACHER_SOURCE == "online" and (node.RIL_TABLE or node.FEATURE_CACHE):
+        if node.TEACHER_SOURCE == "online" and (node.RIL_TABLE or node.FEATURE_CACHE or node.RIL_FILL):
             raise ValueError(
                 "TRAINER.FDBPL.TEACHER_SOURCE online runs the teacher on every batch and reads no table: unset "
-                "TRAINER.FDBPL.RIL_TABLE and FEATURE_CACHE, or train from the table with TEACHER_SOURCE ril"
+                "TRAINER.FDBPL.RIL_TABLE, FEATURE_CACHE and RIL_FILL, or train from the table with TEACHER_SOURCE ril"
+            )
+        if node.RIL_FILL and (node.FEATURE_CACHE or node.IN_MEMORY):
+            raise ValueError(
+                "TRAINER.FDBPL.RIL_FILL scores a lazy table's missing regions from their pixels and reads the file as "
+                "it fills: set TRAINER.FDBPL.FEATURE_CACHE and IN_MEMORY False"
             )
 
     def build_model(self):
@@ -232,6 +244,15 @@ class RILSupervision:
         else:
             self.train_loader_x = self.build_region_loader()
 
+    def after_train(self):
+        filler = getattr(self, "ril_filler", None)
+        if filler is not None:
+            filler.close()
+            print(f"Lazy RIL table {filler.path}: {filler.scored_regions} regions scored by the teacher in this run "
+                  f"({filler.teacher_forwards} teacher forwards); {100 * filler.table.filled_regions().mean():.2f}% "
+                  "of the table is filled")
+        super().after_train()
+
     def before_epoch(self):
         super().before_epoch()
         if isinstance(self.train_loader_x.dataset, RegionDataset):
@@ -256,8 +277,9 @@ class RILSupervision:
                 "with `python -m ril precompute` (same --root, --dataset-config-file, --config-file and opts "
                 "as this run) and pass TRAINER.FDBPL.RIL_TABLE /path/to/table.h5"
             )
-        table = RILTable(node.RIL_TABLE, in_memory=node.IN_MEMORY)
+        table = RILTable(node.RIL_TABLE, in_memory=node.IN_MEMORY, require_complete=not node.RIL_FILL)
         table.check_fingerprint(run_fingerprint(cfg, self.dm.dataset))
+        self.ril_filler = self.build_table_filler(table) if node.RIL_FILL else None
         dataset = RegionDataset(
             table, cfg.DATASET.ROOT, cfg.INPUT.SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
             repeat=node.REPEAT, seed=max(cfg.SEED, 0), densify_mode=node.DENSIFY, features=node.FEATURE_CACHE,
@@ -277,6 +299,38 @@ class RILSupervision:
             collate_fn=collate_regions, pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
         )
 
+    def build_table_filler(self, table):
+        """The TableFiller of a lazy table that is not complete (None once it is), with its teacher."""
+        node = self.ril_cfg
+        if table.attrs["complete"]:
+            print(f"RIL table {table.path} is complete: TRAINER.FDBPL.RIL_FILL has nothing to score")
+            return None
+        if not table.lazy:
+            table.check_complete()  # an unfinished precompute: its own message
+        if world_size() > 1:
+            raise RILTableError(
+                f"TRAINER.FDBPL.RIL_FILL fills the lazy table {table.path} from one process; under torchrun, train "
+                "from a filled table (finish it with python -m ril precompute without --lazy)"
+            )
+        print(f"Lazy RIL table {table.path}: {100 * table.filled_regions().mean():.2f}% filled; the teacher "
+              f"{node.TEACHER_BACKBONE} (TRAINER.FDBPL.TEACHER_BACKBONE) scores the regions this run draws first")
+        teacher = load_teacher(node.TEACHER_BACKBONE, self.device)
+        return TableFiller(table.path, [teacher], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
+                           given="TRAINER.FDBPL.TEACHER_BACKBONE")
+
+    def lazy_targets(self, batch):
+        """(soft labels (B, C), entropies (B,)) of a batch from a lazy table, its unfilled regions scored now."""
+        soft_label, entropy = batch["soft_label"], batch["entropy"]
+        unfilled = ~batch["filled"]
+        if unfilled.any():
+            rows = self.ril_filler.fill(batch["index"][unfilled].numpy(), batch["region"][unfilled].numpy(),
+                                        batch["raw"])
+            soft_label, entropy = soft_label.clone(), entropy.clone()
+            soft_label[unfilled] = densify(rows["regions/topk_index"], rows["regions/topk_logprob"],
+                                           soft_label.shape[1], self.ril_cfg.DENSIFY)
+            entropy[unfilled] = torch.from_numpy(rows["regions/entropy"].astype("float32"))
+        return soft_label, entropy
+
     def parse_ril_batch(self, batch):
         """(pixels (B, 3, H, W) or stored image features (B, D), RegionTargets) on the device."""
         if self.online_teacher_source:
@@ -289,9 +343,8 @@ class RILSupervision:
                 "call super().before_train())"
             )
         inputs = batch["feature"] if self.ril_cfg.FEATURE_CACHE else batch["img"]
-        targets = RegionTargets(
-            batch["soft_label"].to(self.device), batch["entropy"].to(self.device), batch["label"].to(self.device)
-        )
+        soft_label, entropy = self.lazy_targets(batch) if "filled" in batch else (batch["soft_label"], batch["entropy"])
+        targets = RegionTargets(soft_label.to(self.device), entropy.to(self.device), batch["label"].to(self.device))
         return inputs.to(self.device), targets
 
     def online_targets(self, batch):
