@@ -2,6 +2,10 @@
 trainer in-process from the same flags."""
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 from tests.conftest import REPO_ROOT, run_script
 
@@ -67,3 +71,17 @@ def build_trainer(synthetic_root, trainer, student, output_dir, config=None, opt
     cfg = setup_cfg(args)
     set_random_seed(cfg.SEED)
     return dassl_build_trainer(cfg)
+
+
+def kill_after_first_checkpoint(args, output_dir, folders):
+    """Start train.py and SIGKILL it as soon as every model folder holds epoch 1 (so inside epoch 2)."""
+    process = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    first = [output_dir / name / "model.pth.tar-1" for name in folders]
+    deadline = time.monotonic() + 600
+    while not all(path.exists() for path in first) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert all(path.exists() for path in first), "the run never wrote its first checkpoints"
+    assert not (output_dir / folders[0] / "model.pth.tar-12").exists(), "the kill came after the last epoch"

@@ -17,7 +17,9 @@ import torch
 import yaml
 
 from tests import dataset_trees
-from tests.cli_runs import BASE_OPTS, build_trainer, config_path, precompute_table, train_args
+from tests.cli_runs import (
+    BASE_OPTS, build_trainer, config_path, kill_after_first_checkpoint, precompute_table, train_args,
+)
 from tests.conftest import REPO_ROOT, requires_dassl
 from tests.dataset_trees import read
 
@@ -160,20 +162,6 @@ def test_another_ril_table_is_refused_and_a_moved_copy_is_not(synthetic_root, ri
     stderr = fails(command(synthetic_root, output_dir, "FDBPL", tiny_student, *opts,
                            "TRAINER.FDBPL.RIL_TABLE", other_table))
     assert "\n  RIL table (TRAINER.FDBPL.RIL_TABLE) num_regions: recorded 12, now 8\n" in stderr
-
-
-def kill_after_first_checkpoint(args, output_dir, folders):
-    """Start train.py and SIGKILL it as soon as every model folder holds epoch 1 (so inside epoch 2)."""
-    process = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    first = [output_dir / name / "model.pth.tar-1" for name in folders]
-    deadline = time.monotonic() + 600
-    while not all(path.exists() for path in first) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert all(path.exists() for path in first), "the run never wrote its first checkpoints"
-    assert not (output_dir / folders[0] / "model.pth.tar-12").exists(), "the kill came after the last epoch"
 
 
 @pytest.mark.parametrize("trainer", ["CoOp", "FDBPL"])
