@@ -6,6 +6,7 @@
         --teacher ViT-L/14 --regions 500 --topk 20 --out $DATA/ril/oxford_pets_16shot_seed1.h5 \\
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
     torchrun --nproc_per_node=4 -m ril precompute ...     (sharded: one shard per rank, merged by rank 0)
+    python -m ril precompute ... --shard 0/3   (and 1/3, 2/3 anywhere): shards read as one via OUT.shards.json
     python -m ril precompute ... --teacher ViT-L/14 --teacher open_clip:ViT-H-14-quickgelu/dfn5b   (an ensemble)
     python -m ril precompute ... --lazy       (boxes only; training with TRAINER.FDBPL.RIL_FILL True fills it)
     python -m ril plan --root $DATA --dataset-config-file configs/datasets/imagenet.yaml \\
@@ -111,6 +112,13 @@ def build_parser():
                      help="create a lazy table: every region's box and flip, no teacher value; training with "
                           "TRAINER.FDBPL.RIL_FILL True scores the regions it draws on first use, and this command "
                           "without --lazy scores the rest. One process only")
+    pre.add_argument("--shard", type=shard_spec, metavar="I/S",
+                     help="fill shard I of S alone (images I, I+S, ...) into OUT.rankI-of-S, e.g. one process per "
+                          "machine; each resumes on its own, and OUT.shards.json (written when a shard completes) "
+                          "lists them for training (TRAINER.FDBPL.RIL_TABLE OUT.shards.json) and the other commands")
+    pre.add_argument("--keep-shards", action="store_true",
+                     help="under torchrun (one node or several: --nnodes N --rdzv-backend c10d): keep each rank's "
+                          "shard and write OUT.shards.json instead of merging the shards into OUT")
     add_run_flags(pre)
 
     merge = add_command(commands, "merge", "merge shard tables (e.g. of an interrupted torchrun) into one")
@@ -148,6 +156,18 @@ def build_parser():
     show.add_argument("--root", default="", help="dataset root the table's image paths are relative to; without "
                       "it the regions are drawn on grey panels of each image's shape")
     return parser
+
+
+def shard_spec(text):
+    """`--shard I/S` as (I, S)."""
+    index, _, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/S, e.g. 0/4 for the first of 4 shards") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: needs S >= 1 and 0 <= I < S")
+    return index, count
 
 
 def build_run(args):
@@ -248,16 +268,17 @@ def run_precompute(args):
         cfg, dataset, teachers = load_inputs(args, rank, world_size, device)
         spec = replace(spec, output_size=tuple(cfg.INPUT.SIZE), interpolation=cfg.INPUT.INTERPOLATION)
         paths, labels = training_images(dataset, cfg.DATASET.ROOT)
-        precompute(
+        written = precompute(
             args.out, os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT)), paths, labels,
             run_fingerprint(cfg, dataset), teachers, spec, batch_size=args.batch_size,
             workers=args.workers, overwrite=args.overwrite, rank=rank, world_size=world_size, lazy=args.lazy,
+            shard=args.shard, keep_shards=args.keep_shards,
         )
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
     if rank == 0:
-        print(f"RIL table written: {args.out}" + (" (lazy: no region scored yet)" if args.lazy else ""))
+        print(f"RIL table written: {written}" + (" (lazy: no region scored yet)" if args.lazy else ""))
     return 0
 
 
@@ -279,19 +300,19 @@ def run_add_features(args):
 
 
 def run_inspect(args):
-    from ril.reader import RILTable
+    from ril.shards import open_table
     from ril.summary import describe
 
-    print("\n".join(describe(RILTable(args.table, require_complete=False))))
+    print("\n".join(describe(open_table(args.table, require_complete=False))))
     return 0
 
 
 def run_show(args):
-    from ril.reader import RILTable
+    from ril.shards import open_table
     from ril.show import draw_table
 
     root = os.path.abspath(os.path.expanduser(args.root)) if args.root else ""
-    picture = draw_table(RILTable(args.table, require_complete=False), root, args.images, args.regions, args.panel)
+    picture = draw_table(open_table(args.table, require_complete=False), root, args.images, args.regions, args.panel)
     try:
         picture.save(args.out, format="PNG")
     except OSError as error:

@@ -222,8 +222,8 @@ def _prepare_target(target, attrs, image_paths, labels, overwrite):
     """Create, rebuild (--overwrite) or check for resuming the file to write; returns its layout."""
     if overwrite and os.path.exists(target):
         os.remove(target)
-    if not os.path.exists(target):
-        create_table(target, attrs, image_paths, labels)
+    if not os.path.exists(target):  # a shard's file is sparse: it holds only its own images' rows
+        create_table(target, attrs, image_paths, labels, sparse=attrs["shard_count"] > 1)
     layout = load_layout(target)
     fields = [name for name, _ in FINGERPRINT_FIELDS] + list(SETTING_FIELDS) + ["shard_rank", "shard_count"]
     try:
@@ -247,18 +247,20 @@ def _fill(writer, batches, total, teachers, class_features, spec, batch_size, sh
 
 
 def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec, batch_size=256, workers=4,
-               overwrite=False, rank=0, world_size=1, lazy=False):
-    """Build (or resume) the table `out` for the given images; returns its path when complete.
+               overwrite=False, rank=0, world_size=1, lazy=False, shard=None, keep_shards=False):
+    """Build (or resume) the table `out` for the given images; returns the path to read it from.
 
     `image_paths` are relative to `image_root`, in the order of `fingerprint` (see
     `format.run_fingerprint`). `teacher`: a FrozenCLIP, or a list of them (an ensemble combined as
     `spec.ensemble` says). With world_size > 1 (an initialised torch.distributed group),
-    this rank fills its shard and rank 0 merges all shards into `out`. The table records
-    `effective_spec(spec, fingerprint)`; it is marked complete only after every row read back.
-    `lazy`: create a lazy table instead (boxes and flips only, see `lazy`); an existing lazy table is
-    continued: its unfilled regions are scored.
+    this rank fills its shard and rank 0 merges all shards into `out`, or with `keep_shards` writes
+    their manifest (`shards`). `shard` = (I, S): this process fills shard I of S alone and writes the
+    manifest. The table records `effective_spec(spec, fingerprint)`; it (or a shard) is marked complete
+    only after every row read back. `lazy`: create a lazy table instead (boxes and flips only, see
+    `lazy`); an existing lazy table is continued: its unfilled regions are scored.
     """
     from .lazy import create_lazy_table
+    from .shards import manifest_path, write_manifest
 
     classnames = fingerprint["classnames"]
     teachers = [teacher] if isinstance(teacher, FrozenCLIP) else list(teacher)
@@ -267,14 +269,16 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     check_teachers(teachers, spec, len(classnames))
     check_output_path(out)
     if lazy:
-        _refuse_lazy_request(out, overwrite, world_size)
+        _refuse_lazy_request(out, overwrite, world_size, shard)
         create_lazy_table(out, image_root, image_paths, labels, fingerprint, teachers, spec, workers)
         return out
-    _refuse_existing_output(out, overwrite, world_size)
-    attrs = make_attrs(fingerprint, table_settings(teachers, spec), rank, world_size)
-    target = out if world_size == 1 else shard_path(out, rank, world_size)
+    shard_rank, shard_count = _shard_of(rank, world_size, shard)
+    target = out if shard_count == 1 else shard_path(out, shard_rank, shard_count)
+    kept = shard is not None or keep_shards
+    _refuse_existing_output(target if kept else out, overwrite, 1 if kept else world_size)
+    attrs = make_attrs(fingerprint, table_settings(teachers, spec), shard_rank, shard_count)
     layout = _prepare_target(target, attrs, image_paths, labels, overwrite)
-    mine = np.arange(rank, len(image_paths), world_size)
+    mine = np.arange(shard_rank, len(image_paths), shard_count)
     pending = mine[~layout.done[mine]]
     if len(pending) < len(mine):
         logger.info("Resuming %s: %d of %d images already done", target, len(mine) - len(pending), len(mine))
@@ -286,22 +290,42 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     with TableWriter(target, layout) as writer:
         _fill(writer, batches, len(dataset), teachers, class_features, spec, batch_size, show_progress=rank == 0)
     complete_table(target, mine)
-    if world_size == 1:
+    if shard_count == 1:
         logger.info("RIL table complete: %s", out)
         return out
-    torch.distributed.barrier()
+    if world_size > 1:
+        torch.distributed.barrier()
+    if kept:
+        if rank == 0:
+            logger.info("Shard %s complete; manifest of the %d shards: %s", target, shard_count,
+                        write_manifest(out, shard_count))
+        return manifest_path(out)
     if rank == 0:
-        shards = [shard_path(out, shard, world_size) for shard in range(world_size)]
+        shards = [shard_path(out, position, world_size) for position in range(world_size)]
         if merge_tables(shards, out, overwrite=True):
-            for shard in shards:
-                os.remove(shard)
+            for path in shards:
+                os.remove(path)
         logger.info("Merged %d shards into %s", world_size, out)
     return out
 
 
-def _refuse_lazy_request(out, overwrite, world_size):
+def _shard_of(rank, world_size, shard):
+    """(shard index, shard count) this process fills: its torchrun rank, or `shard` = (I, S) in one process."""
+    if shard is None:
+        return rank, world_size
+    index, count = shard
     if world_size > 1:
-        raise RILTableError("--lazy creates a table in one process (it scores nothing); run it without torchrun")
+        raise ValueError("--shard I/S fills one shard in one process; under torchrun each rank fills its own "
+                         "shard (use --keep-shards there instead)")
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {index}/{count}: I must be within 0 .. S-1")
+    return index, count
+
+
+def _refuse_lazy_request(out, overwrite, world_size, shard):
+    if world_size > 1 or shard is not None:
+        raise RILTableError("--lazy creates a table in one process (it scores nothing); run it without torchrun "
+                            "or --shard")
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(
             f"RIL table {out} exists: a lazy table is filled by training (TRAINER.FDBPL.RIL_FILL True) or by this "

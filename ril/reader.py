@@ -27,7 +27,36 @@ FIELDS = {name.split("/")[1]: name for name in REGION_DATASETS}  # short name ->
 MAPPED = (*REGION_DATASETS, "images/size")
 
 
-class RILTable:
+class TableView:
+    """What every table object offers from `attrs`: sizes, classes and the fingerprint check (a one-file
+    `RILTable`, or a `shards.ShardedTable` read as one)."""
+
+    @property
+    def num_images(self):
+        return len(self.image_paths)
+
+    @property
+    def num_regions(self):
+        return self.attrs["num_regions"]
+
+    @property
+    def topk(self):
+        return self.attrs["topk"]
+
+    @property
+    def classnames(self):
+        return self.attrs["classnames"]
+
+    @property
+    def num_classes(self):
+        return len(self.attrs["classnames"])
+
+    def check_fingerprint(self, expected):
+        """Refuse a table built for another run (see `format.run_fingerprint`)."""
+        check_fingerprint(self.attrs, expected, self.path)
+
+
+class RILTable(TableView):
     """A table opened for reading. `attrs` holds the root attributes (the fingerprint and settings).
 
     Args:
@@ -94,26 +123,6 @@ class RILTable:
             self._maps = {name: self._map(name) for name in self.locations}
             self._pid = os.getpid()
         return self._maps
-
-    @property
-    def num_images(self):
-        return len(self.image_paths)
-
-    @property
-    def num_regions(self):
-        return self.attrs["num_regions"]
-
-    @property
-    def topk(self):
-        return self.attrs["topk"]
-
-    @property
-    def classnames(self):
-        return self.attrs["classnames"]
-
-    @property
-    def num_classes(self):
-        return len(self.attrs["classnames"])
 
     def array(self, name):
         """A whole dataset (memmap or in-memory array), e.g. for statistics over all regions."""
@@ -258,9 +267,6 @@ class RILTable:
             raise damaged(self.path, problem)
         return features
 
-    def check_fingerprint(self, expected):
-        """Refuse a table built for another run (see `format.run_fingerprint`)."""
-        check_fingerprint(self.attrs, expected, self.path)
 
 
 def top_probabilities(topk_logprob):

@@ -20,14 +20,16 @@ from trainers.losses import information_weight
 
 from .crops import cut_regions, generator_for, load_rgb, normalize_pixels
 from .format import RILTableError
-from .reader import RILTable, densify
+from .reader import TableView, densify
+from .shards import open_table
 
 
 class RegionDataset(Dataset):
     """len = images; item i = dict of R regions of image i (see `__getitem__`).
 
     Args:
-        table: an `RILTable` (check its fingerprint first) or a path.
+        table: an `RILTable` or `ShardedTable` (check its fingerprint first), or a path (a table or a shard
+            manifest).
         image_root: DATASET.ROOT, which the table's image paths are relative to.
         output_size: the student's input size (H, W); must equal the table's.
         mean, std: the student's pixel normalisation.
@@ -39,7 +41,7 @@ class RegionDataset(Dataset):
 
     def __init__(self, table, image_root, output_size, mean, std, repeat=1, seed=0, densify_mode="smooth",
                  features=False, student_id=None):
-        self.table = table if isinstance(table, RILTable) else RILTable(table)
+        self.table = table if isinstance(table, TableView) else open_table(table)
         self.image_root = os.path.expanduser(image_root)
         self.mean, self.std = tuple(mean), tuple(std)
         self.repeat, self.seed, self.epoch = int(repeat), int(seed), 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .format import FEATURES_DATASET, FEATURES_DONE, FINGERPRINT_FIELDS, REGION_DATASETS, RILTableError
-from .reader import RILTable
+from .shards import open_table
 
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 40
@@ -149,7 +149,7 @@ def verify(path, expected_fingerprint=None, deep=False):
     the fingerprint (if given), and the checksums and values of a sample of images' rows (of every
     image with `deep`). Raises RILTableError / FileNotFoundError when the file cannot be opened as a
     table at all."""
-    table = RILTable(path, require_complete=False)
+    table = open_table(path, require_complete=False)
     problems = []
     checks = [table.check_complete]
     if expected_fingerprint is not None:

@@ -174,15 +174,17 @@ def _datasets(handle):
     return found
 
 
-def fill_new_file(temporary, path, write_data):
-    """Preallocate a freshly built (sparse) file, let `write_data(raw)` write into it, and sync it.
+def fill_new_file(temporary, path, write_data, preallocate=True):
+    """Preallocate a freshly built (sparse) file, unless told not to, let `write_data(raw)` write into it,
+    and sync it.
 
     Fresh storage reads as zeros, so done flags start at 0 without being written.
     """
     try:
         raw = RawFile(temporary)
         try:
-            raw.preallocate()
+            if preallocate:
+                raw.preallocate()
             write_data(raw)
         finally:
             raw.close()
@@ -191,12 +193,13 @@ def fill_new_file(temporary, path, write_data):
         raise write_failure(path, "create", error, f"it needs {size / 2**20:.1f} MiB") from error
 
 
-def create_table(path, attrs, image_paths, labels, features=None, geometry=None):
+def create_table(path, attrs, image_paths, labels, features=None, geometry=None, sparse=False):
     """Write an empty, unfinished table at `path`; built under a temporary name (removed on failure)
     and renamed once its paths and labels read back correctly. `features`: (D, attributes) of an
     empty student feature cache to include. `geometry`: makes a lazy table; an iterable of
     (index, size (2,), boxes (M, 4), flips (M,)) covering every image, written with the image's
-    geometry checksum (integrity.geometry_checksum)."""
+    geometry checksum (integrity.geometry_checksum). `sparse`: no preallocation (a shard writes only
+    its own images' rows, so its file takes only their blocks)."""
     check_output_path(path)
     temporary = f"{path}.creating-{os.getpid()}"
     try:
@@ -215,7 +218,7 @@ def create_table(path, attrs, image_paths, labels, features=None, geometry=None)
                                      (CHECKSUM_DATASET, geometry_checksum(index, size, boxes, flips))):
                     put(raw, name, index, values)
 
-        fill_new_file(temporary, path, write_data)
+        fill_new_file(temporary, path, write_data, preallocate=not sparse)
         with open_table_file(temporary) as handle:  # read back: paths and labels must match their hash
             read_layout(handle, temporary)
         replace_durably(temporary, path)

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 
 from ril.format import RILTableError, run_fingerprint
 from ril.lazy import TableFiller
-from ril.reader import RILTable, densify
+from ril.reader import densify
 from ril.region_dataset import RegionDataset, collate_regions
+from ril.shards import open_table
 from ril.teachers import load_teacher
 
 from .base import TrainingSetupError, backward_and_update, end_of_epoch_step, register_trainable
@@ -277,7 +278,7 @@ class RILSupervision:
                 "with `python -m ril precompute` (same --root, --dataset-config-file, --config-file and opts "
                 "as this run) and pass TRAINER.FDBPL.RIL_TABLE /path/to/table.h5"
             )
-        table = RILTable(node.RIL_TABLE, in_memory=node.IN_MEMORY, require_complete=not node.RIL_FILL)
+        table = open_table(node.RIL_TABLE, in_memory=node.IN_MEMORY, require_complete=not node.RIL_FILL)
         table.check_fingerprint(run_fingerprint(cfg, self.dm.dataset))
         self.ril_filler = self.build_table_filler(table) if node.RIL_FILL else None
         dataset = RegionDataset(

@@ -22,7 +22,7 @@ import yaml
 
 from datasets.common import atomic_write
 from ril.format import BOOKKEEPING_FIELDS
-from ril.probe import load_layout
+from ril.shards import table_attrs
 
 from .checkpoints import EPOCH_FILE, MARKER, saved_epochs
 from .clip_loading import backbone_id
@@ -58,7 +58,7 @@ def ril_table_identity(path):
         return None
     if not os.path.isfile(path):
         return {"missing": os.path.abspath(path)}
-    attrs = load_layout(path).attrs  # probed in a child process first: a corrupt table cannot crash this one
+    attrs = table_attrs(path)  # probed in a child process first: a corrupt table cannot crash this one
     return {key: attrs[key] for key in sorted(attrs) if key not in BOOKKEEPING_FIELDS and key != "classnames"}
 
 
