@@ -84,6 +84,9 @@ def add_table_flags(parser):
                         help=f'a class-text template with "{{}}" or a set name ({", ".join(TEMPLATE_SETS)}); repeat '
                         f"the flag to ensemble several (default: {DEFAULT_HELP}, as the official FDBPL and PromptKD "
                         "code)")
+    parser.add_argument("--teacher-templates", action="append", type=teacher_template, metavar="N=TEMPLATE",
+                        help="templates of the N-th --teacher only (1-based, in their order), as --templates takes "
+                        "them, e.g. 2=imagenet80; repeat for several. Teachers without any use --templates")
 
 
 def add_command(commands, name, summary):
@@ -158,6 +161,14 @@ def build_parser():
     return parser
 
 
+def teacher_template(text):
+    """`--teacher-templates N=ITEM` as (N, ITEM)."""
+    position, separator, item = text.partition("=")
+    if not separator or not position.isdigit() or not item:
+        raise argparse.ArgumentTypeError(f"--teacher-templates {text!r}: expected N=TEMPLATE, e.g. 2=imagenet80")
+    return int(position), item
+
+
 def shard_spec(text):
     """`--shard I/S` as (I, S)."""
     index, _, count = text.partition("/")
@@ -210,7 +221,8 @@ def region_spec(args):
     from ril.precompute import RegionSpec
 
     return RegionSpec(num_regions=args.regions, topk=args.topk, scale=tuple(args.scale), crop_seed=args.crop_seed,
-                      templates=tuple(args.templates or ()), ensemble=args.ensemble)
+                      templates=tuple(args.templates or ()), teacher_templates=tuple(args.teacher_templates or ()),
+                      ensemble=args.ensemble)
 
 
 def load_inputs(args, rank, world_size, device):
@@ -229,7 +241,7 @@ def load_inputs(args, rank, world_size, device):
 
 def run_plan(args):
     from ril.plan import TablePlan, describe_plan, measure_teacher
-    from ril.precompute import check_run_options, check_teachers, effective_spec
+    from ril.precompute import check_run_options, check_teachers, class_features_of, effective_spec
 
     spec = region_spec(args)
     check_run_options(args.batch_size, 0)
@@ -240,11 +252,11 @@ def run_plan(args):
     paths, _ = training_images(dataset, cfg.DATASET.ROOT)
     fingerprint = run_fingerprint(cfg, dataset)
     spec = effective_spec(replace(spec, output_size=tuple(cfg.INPUT.SIZE), interpolation=cfg.INPUT.INTERPOLATION),
-                          fingerprint)
+                          fingerprint, len(teachers))
     classnames = fingerprint["classnames"]
     check_teachers(teachers, spec, len(classnames))
-    rates = [measure_teacher(teacher, teacher.class_features(classnames, spec.templates), args.batch_size,
-                             args.measure_batches) for teacher in teachers]
+    rates = [measure_teacher(teacher, features, args.batch_size, args.measure_batches)
+             for teacher, features in zip(teachers, class_features_of(teachers, classnames, spec.templates))]
     plan = TablePlan(len(paths), spec.num_regions, spec.topk, len(classnames), path_dtype(paths).itemsize,
                      args.batch_size, rates)
     fields = ", ".join(f"{field}={value}" for field, value in fingerprint.items()

@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from .crops import image_size
 from .format import ENSEMBLE_MODES, REGION_DATASETS, RILTableError, damaged, make_attrs
-from .precompute import RegionSpec, SampledRegions, check_teachers, score_regions, table_settings
+from .precompute import (
+    RegionSpec, SampledRegions, check_teachers, class_features_of, score_regions, table_settings,
+)
 from .reader import RILTable
 from .writer import TableWriter, complete_table, create_table
 
@@ -60,7 +62,8 @@ def table_spec(attrs):
     return RegionSpec(
         num_regions=attrs["num_regions"], topk=attrs["topk"], output_size=tuple(attrs["output_size"]),
         interpolation=attrs["interpolation"], scale=tuple(attrs["crop_scale"]), ratio=tuple(attrs["crop_ratio"]),
-        flip_prob=attrs["flip_prob"], crop_seed=attrs["crop_seed"], templates=tuple(attrs["templates"]),
+        flip_prob=attrs["flip_prob"], crop_seed=attrs["crop_seed"],
+        templates=tuple(item if isinstance(item, str) else tuple(item) for item in attrs["templates"]),
         ensemble=ensemble,
     )
 
@@ -94,8 +97,7 @@ class TableFiller:
         self.spec = table_spec(attrs)
         check_teachers(teachers, self.spec, self.table.num_classes)
         self.teachers, self.batch_size = teachers, batch_size
-        self.class_features = [teacher.class_features(self.table.classnames, self.spec.templates)
-                               for teacher in teachers]
+        self.class_features = class_features_of(teachers, self.table.classnames, self.spec.templates)
         self.scored_regions = self.teacher_forwards = 0
         self.writer = TableWriter(path)
 

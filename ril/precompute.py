@@ -26,7 +26,7 @@ from .format import (
 from .merge import merge_tables
 from .probe import load_layout
 from .teachers import FrozenCLIP, ensemble_logits
-from .templates import resolve_templates
+from .templates import teacher_templates, templates_of_teacher
 from .writer import TableWriter, check_output_path, complete_table, create_table
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ class RegionSpec:
     """How regions are sampled and scored; all of it is stored in the table's attributes.
 
     `topk` is the K asked for: the table keeps min(topk, C). `templates` are `--templates` items
-    (literals or set names); empty = the dataset's CoOp template. `precompute` records both as used.
+    (literals or set names); empty = the dataset's CoOp template. `teacher_templates`: (1-based teacher
+    position, item) pairs giving a teacher of an ensemble its own. `precompute` records them as used
+    (`templates` then holds the resolved ones: shared, or one tuple per teacher).
     `ensemble`: how several teachers' distributions are combined (one of ENSEMBLE_MODES).
     """
 
@@ -51,6 +53,7 @@ class RegionSpec:
     flip_prob: float = 0.5
     crop_seed: int = 0
     templates: tuple = ()
+    teacher_templates: tuple = ()
     ensemble: str = "mean-prob"
 
     def __post_init__(self):
@@ -168,22 +171,31 @@ def table_settings(teachers, spec):
         "teacher": [teacher.teacher_id for teacher in teachers],
         "teacher_sha256": [teacher.checkpoint_sha256 for teacher in teachers],
         "ensemble": spec.ensemble if len(teachers) > 1 else "none",
-        "templates": list(spec.templates), "logit_scale": [teacher.logit_scale for teacher in teachers],
+        "templates": [item if isinstance(item, str) else list(item) for item in spec.templates],
+        "logit_scale": [teacher.logit_scale for teacher in teachers],
         "num_regions": spec.num_regions, "topk": spec.topk, "output_size": list(spec.output_size),
         "crop_scale": list(spec.scale), "crop_ratio": list(spec.ratio), "flip_prob": spec.flip_prob,
         "interpolation": spec.interpolation, "crop_seed": spec.crop_seed,
     }
 
 
-def effective_spec(spec, fingerprint):
+def effective_spec(spec, fingerprint, num_teachers=1):
     """`spec` as the table records it: K = min(topk, C), templates resolved for the run's dataset."""
     num_classes = len(fingerprint["classnames"])
     topk = min(spec.topk, num_classes)
     logger.info("Top-K: --topk %d requested, the run has %d classes, so the table keeps K = %d classes per region",
                 spec.topk, num_classes, topk)
-    templates = resolve_templates(spec.templates, fingerprint["dataset"])
-    logger.info("Teacher class texts: %d template(s) %s", len(templates), list(templates[:3]))
-    return replace(spec, topk=topk, templates=templates)
+    templates = teacher_templates(spec.templates, spec.teacher_templates, num_teachers, fingerprint["dataset"])
+    for position in range(num_teachers):
+        own = templates_of_teacher(templates, position)
+        logger.info("Teacher %d class texts: %d template(s) %s", position + 1, len(own), list(own[:3]))
+    return replace(spec, topk=topk, templates=templates, teacher_templates=())
+
+
+def class_features_of(teachers, classnames, templates):
+    """Each teacher's (C, D) class features from its recorded templates."""
+    return [teacher.class_features(classnames, templates_of_teacher(templates, position))
+            for position, teacher in enumerate(teachers)]
 
 
 def check_teachers(teachers, spec, num_classes):
@@ -265,7 +277,7 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     classnames = fingerprint["classnames"]
     teachers = [teacher] if isinstance(teacher, FrozenCLIP) else list(teacher)
     check_run_options(batch_size, workers)
-    spec = effective_spec(spec, fingerprint)
+    spec = effective_spec(spec, fingerprint, len(teachers))
     check_teachers(teachers, spec, len(classnames))
     check_output_path(out)
     if lazy:
@@ -286,7 +298,7 @@ def precompute(out, image_root, image_paths, labels, fingerprint, teacher, spec,
     batches = iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers))
     if layout.lazy:
         return _continue_lazy(out, teachers, batches, len(dataset), batch_size)
-    class_features = [teacher.class_features(classnames, spec.templates) for teacher in teachers]
+    class_features = class_features_of(teachers, classnames, spec.templates)
     with TableWriter(target, layout) as writer:
         _fill(writer, batches, len(dataset), teachers, class_features, spec, batch_size, show_progress=rank == 0)
     complete_table(target, mine)

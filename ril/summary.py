@@ -65,9 +65,16 @@ def teacher_agreement(table):
 def teacher_lines(table):
     """The teachers of a table: one line, or for an ensemble one line per member with its top-1 agreement."""
     attrs = table.attrs
-    templates = f"{len(attrs['templates'])} template(s): {attrs['templates'][:3]}"
+    own = bool(attrs["templates"]) and not isinstance(attrs["templates"][0], str)  # one list per teacher
+
+    def described(templates):
+        return f"{len(templates)} template(s): {templates[:3]}"
+
+    templates = "templates per teacher" if own else described(attrs["templates"])
     members = [f"{teacher}" + (f" (sha256 {sha256})" if sha256 else "") + f", logit scale {scale:.4g}"
-               for teacher, sha256, scale in zip(attrs["teacher"], attrs["teacher_sha256"], attrs["logit_scale"])]
+               + (f", {described(attrs['templates'][position])}" if own else "")
+               for position, (teacher, sha256, scale) in enumerate(
+                   zip(attrs["teacher"], attrs["teacher_sha256"], attrs["logit_scale"]))]
     if len(members) == 1:
         return [f"teacher: {members[0]}, {templates}"]
     with_label, with_table = teacher_agreement(table)

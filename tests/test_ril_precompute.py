@@ -306,3 +306,41 @@ def test_an_ensemble_table_is_the_mean_of_its_teachers_tables(built, tmp_path, t
     with pytest.raises(RILTableError, match=r"teacher=\[.*teacher.pt.*student.pt.*\] but this request has teacher"):
         precompute(unfinished, root, paths, labels, fingerprint, teacher,
                    RegionSpec(num_regions=5, topk=4, output_size=(32, 32)), workers=0)
+
+
+def test_a_teacher_of_an_ensemble_reads_its_own_templates(built, tmp_path, tiny_student):
+    """--teacher-templates 2=...: teacher 2's class texts are its own, teacher 1 keeps the shared ones; the
+    ensemble equals the mean of single-teacher tables built with those templates, the table records one
+    list per teacher, and a lazy table of it is filled (by precompute) with the same values."""
+    _, root, paths, labels, teacher = built
+    other = load_teacher(tiny_student)
+    fingerprint = toy_fingerprint(paths, labels)
+    own = "a blurry photo of a {}."
+    found = {}
+    for name, teachers, templates, per_teacher in (
+        ("a", teacher, (), ()), ("b", other, (own,), ()), ("ab", [teacher, other], (), ((2, own),)),
+        ("ab_shared", [teacher, other], (), ()),
+    ):
+        out = str(tmp_path / f"{name}.h5")
+        spec = RegionSpec(num_regions=5, topk=4, output_size=(32, 32), templates=templates,
+                          teacher_templates=per_teacher)
+        precompute(out, root, paths, labels, fingerprint, teachers, spec, batch_size=4, workers=0)
+        found[name] = whole_distributions(out)
+    table, prob, _ = found["ab"]
+    assert table.attrs["templates"] == [["a photo of a {}."], [own]]
+    np.testing.assert_allclose(prob, (found["a"][1] + found["b"][1]) / 2, rtol=2e-3, atol=1e-4)
+    assert np.abs(prob - found["ab_shared"][1]).max() > 1e-3  # the own templates changed teacher 2's texts
+    assert "templates per teacher" in "\n".join(describe(table))
+    assert f"logit scale {other.logit_scale:.4g}, 1 template(s): ['{own}']" in "\n".join(describe(table))
+    with pytest.raises(ValueError, match="--teacher-templates names teacher 3, but there are 2 --teacher"):
+        precompute(str(tmp_path / "bad.h5"), root, paths, labels, fingerprint, [teacher, other],
+                   RegionSpec(num_regions=5, topk=4, output_size=(32, 32), teacher_templates=((3, own),)), workers=0)
+
+    lazy = str(tmp_path / "lazy.h5")
+    precompute(lazy, root, paths, labels, fingerprint, [teacher, other],
+               RegionSpec(num_regions=5, topk=4, output_size=(32, 32), teacher_templates=((2, own),)), workers=0,
+               lazy=True)
+    precompute(lazy, root, paths, labels, fingerprint, [teacher, other],
+               RegionSpec(num_regions=5, topk=4, output_size=(32, 32), teacher_templates=((2, own),)),
+               batch_size=4, workers=0)
+    np.testing.assert_allclose(whole_distributions(lazy)[1], prob, rtol=2e-3, atol=1e-4)
