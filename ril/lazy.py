@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .crops import image_size
-from .format import ENSEMBLE_MODES, REGION_DATASETS, RILTableError, damaged, make_attrs
+from .format import ENSEMBLE_MODES, RILTableError, damaged, make_attrs
 from .precompute import (
     RegionSpec, SampledRegions, check_teachers, class_features_of, score_regions, table_settings,
 )

@@ -90,3 +90,11 @@ def ril_table(synthetic_root, tiny_teacher, tmp_path_factory):
     path = precompute_table(synthetic_root, teacher, directory / "synthetic_base_4shot.h5", config_path("FDBPL"))
     os.remove(teacher)
     return path
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """{"student": path, "teacher": path} of the pretrained tiny CLIPs (tests/pretrained_clips.py), made once."""
+    from tests.pretrained_clips import pretrained_clips
+
+    return pretrained_clips(tmp_path_factory)

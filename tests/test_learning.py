@@ -1,6 +1,6 @@
 """What only accuracy reveals: tiny CLIPs pretrained here learn, and CoOp and FDBPL improve on them.
 
-The student and teacher presets of scripts/pretrain_tiny_clip.py are pretrained once per module (seed 0,
+The student and teacher presets of scripts/pretrain_tiny_clip.py are pretrained once per test session (seed 0,
 both at once, one thread each: the teacher's 273 CPU-s, so about 5 minutes when each has a core; 11 minutes
 measured at a load of 6); everything after that takes about half a minute (one torch thread).
 FDBPL_TEST_PRETRAINED=<dir> reuses <dir>/student.pt and <dir>/teacher.pt instead, each only if its sidecar
@@ -11,22 +11,18 @@ tiny_ep10 configs, an RIL table of 16 regions and top-5 from the teacher, traini
 Each check_* raises AssertionError naming its numbers, so the sensitivity tests can apply a fault
 (unnormalised evaluation, L_pos's sign flipped, frozen prompts) and expect the check to fail.
 """
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.conftest import REPO_ROOT, requires_dassl, run_script
+from tests.pretrained_clips import PRESETS
 
 pytestmark = requires_dassl
 
 SYNTHETIC = os.path.join(REPO_ROOT, "configs", "datasets", "synthetic.yaml")  # the demo's benchmark
-PRETRAINED_ENV = "FDBPL_TEST_PRETRAINED"
-PRESETS = ("student", "teacher")
 SEED, SHOTS, REGIONS, TOPK = 1, 16, 16, 5
 CHANCE = 100.0 / 8  # base and new each hold 8 of the 16 classes
 UNNORMALISED = "['random_resized_crop', 'random_flip']"  # INPUT.TRANSFORMS without "normalize"
@@ -75,73 +71,6 @@ def check_fdbpl(zero_shot_base, fdbpl_base, kl_before, kl_after):
     assert kl_after <= (1 - KL_DROP) * kl_before, (
         f"KL(teacher || student) went from {kl_before:.3f} (zero-shot) to {kl_after:.3f} nats after FDBPL, "
         f"not down by {KL_DROP:.0%}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pretrained models
-
-
-def preset_settings(preset):
-    """The settings a sidecar records for `preset` at its defaults, less those that cannot change the weights."""
-    from scripts.pretrain_tiny_clip import parse_args
-
-    settings = vars(parse_args(["--preset", preset, "--out", "unused.pt"]))
-    for key in ("out", "workers", "probe_every", "probe_images"):
-        settings.pop(key)
-    return settings
-
-
-def reusable(path, preset):
-    """Why `path` cannot stand for `preset` (a sentence), or "" when its sidecar matches."""
-    from trainers.clip_loading import file_sha256
-
-    if not (os.path.isfile(path) and os.path.isfile(f"{path}.json")):
-        return f"{path} or its sidecar is missing"
-    record, expected = json.load(open(f"{path}.json")), preset_settings(preset)
-    differing = [key for key in expected if record["settings"].get(key) != expected[key]]
-    if differing:
-        found = {key: record["settings"].get(key) for key in differing}
-        wanted = {key: expected[key] for key in differing}
-        return f"{path}.json records {found}, where the {preset} preset has {wanted}"
-    if record.get("sha256") != file_sha256(path):
-        return f"{path} is not the file its sidecar describes (sha256 differs)"
-    return ""
-
-
-def pretrain(presets, directory):
-    """Pretrain `presets` at once, one process and one thread each, into directory/<preset>.pt."""
-    script = os.path.join(REPO_ROOT, "scripts", "pretrain_tiny_clip.py")
-    runs = {}
-    for preset in presets:
-        log = open(directory / f"{preset}.log", "w")
-        command = [sys.executable, script, "--preset", preset, "--out", str(directory / f"{preset}.pt")]
-        runs[preset] = (subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
-    codes = {preset: process.wait(timeout=1800) for preset, (process, _) in runs.items()}
-    for preset, code in codes.items():
-        runs[preset][1].close()
-        if code:
-            tail = open(directory / f"{preset}.log").read()[-3000:]
-            raise AssertionError(f"pretraining the {preset} preset exited with {code}:\n{tail}")
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """{"student": path, "teacher": path}: reused from $FDBPL_TEST_PRETRAINED where valid, else pretrained."""
-    reuse_dir = os.environ.get(PRETRAINED_ENV)
-    paths, missing = {}, []
-    for preset in PRESETS:
-        path = os.path.join(reuse_dir, f"{preset}.pt") if reuse_dir else ""
-        reason = reusable(path, preset) if reuse_dir else f"{PRETRAINED_ENV} is not set"
-        if reason:
-            print(f"pretraining the {preset} preset: {reason}")
-            missing.append(preset)
-        else:
-            paths[preset] = path
-    if missing:
-        directory = tmp_path_factory.mktemp("pretrained")
-        pretrain(missing, directory)
-        paths.update({preset: str(directory / f"{preset}.pt") for preset in missing})
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------------------

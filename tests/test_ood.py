@@ -3,7 +3,7 @@ the ImageNet OOD readers on miniature trees in their published layouts, and scri
 
 The end-to-end test runs the open-set demo (scripts/ood.sh without a dataset root: scripts/base2new.sh's demo,
 then the OOD pass) on the tiny CLIPs pretrained as tests/test_learning.py pretrains them; set
-FDBPL_TEST_PRETRAINED=<dir> to reuse them (see tests/test_learning.py), else they are pretrained once here.
+FDBPL_TEST_PRETRAINED=<dir> to reuse them (see tests/pretrained_clips.py), else they are pretrained once per session.
 """
 import os
 import re
@@ -15,7 +15,6 @@ import torch
 
 from tests import dataset_trees
 from tests.conftest import REPO_ROOT, requires_dassl, run_script
-from tests.test_learning import pretrained  # noqa: F401  (the module-scoped fixture, shared with its env)
 from trainers.ood import SCORES, detection_metrics, negative_prompts, ood_scores, roc_points
 
 DEMO_TRAINERS = ("ZeroshotCLIP", "CoOp", "FDBPL")
