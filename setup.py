@@ -34,5 +34,5 @@ setup(
     python_requires=">=3.9",
     packages=[],
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7"], "teachers": ["open_clip_torch>=2.20"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"], "teachers": ["open_clip_torch>=2.20"]},
 )
