@@ -7,6 +7,9 @@ prompt update; median and range over --steps steps after --warmup):
   fdbpl-online    KDPL: FDBPL's losses and dual prompts with soft labels from the teacher run on every batch
                   (TRAINER.FDBPL.TEACHER_SOURCE online): fdbpl-pixels with the teacher instead of the table
   fdbpl-pixels    FDBPL from an RIL table, each region re-cut from its image
+  fdbpl-lazy      fdbpl-pixels from a lazy table (precompute --lazy) with TRAINER.FDBPL.RIL_FILL and the online
+                  modes' teacher, timed twice: a 1st run on a table just created (the teacher scores every
+                  region it draws) and a 2nd run, same seed and epoch, on the table the 1st run filled
   fdbpl-cache     FDBPL from the table's student feature cache: no decoding, no image encoder
   coop            CoOp on hard labels: the cost floor of prompt learning
   coop-fdbpl      CoOp_FDBPL: CoOp's prompts trained from RIL pixels (L_pos only): CoOp + the table's cost
@@ -75,10 +78,13 @@ ARCHITECTURES = {
     "tiny-teacher": (64, 32, 3, 128, 8, 128, 3),  # scripts/make_tiny_clip.py --width 128 --layers 3
     "tiny-student": (64, 32, 2, 64, 8, 64, 2),  # scripts/make_tiny_clip.py defaults
 }
-MODES = ("online-teacher", "fdbpl-online", "fdbpl-pixels", "fdbpl-cache", "coop", "coop-fdbpl", "oracle")
+MODES = ("online-teacher", "fdbpl-online", "fdbpl-pixels", "fdbpl-lazy", "fdbpl-cache", "coop", "coop-fdbpl",
+         "oracle")
 PARTS = ("steps", "breakdown", "truncation", "eval", "epochs")
 STAGES = ("data", "image encoder", "text encoder forward", "loss", "backward", "optimizer")
 ONLINE = MODES[0]
+LAZY = "fdbpl-lazy"
+LAZY_RUNS = (f"{LAZY} 1st run", f"{LAZY} 2nd run")  # the rows of its two runs
 BENCHMARK_DATASET = "Benchmark"  # DATASET.NAME in the tables' fingerprints
 PAPER_TEST_IMAGES = 50000  # ImageNet's test set, for the evaluation extrapolation
 # Settings that --quick changes: (full run, quick run).
@@ -289,9 +295,11 @@ def benchmark_cfg(job, device):
     cfg.DATALOADER.TRAIN_X.BATCH_SIZE = job["batch_size"]
     cfg.USE_CUDA = device.type == "cuda"
     cfg.TRAINER.FDBPL.RIL_TABLE = job.get("table", "")
-    cfg.TRAINER.FDBPL.DUAL_PROMPTS = mode in ("fdbpl-online", "fdbpl-pixels", "fdbpl-cache", "oracle")
+    cfg.TRAINER.FDBPL.DUAL_PROMPTS = mode in ("fdbpl-online", "fdbpl-pixels", LAZY, "fdbpl-cache", "oracle")
     if mode == "fdbpl-online":
         cfg.TRAINER.FDBPL.TEACHER_SOURCE, cfg.TRAINER.FDBPL.TEACHER_BACKBONE = "online", job["teacher"]
+    if mode == LAZY:
+        cfg.TRAINER.FDBPL.RIL_FILL, cfg.TRAINER.FDBPL.TEACHER_BACKBONE = True, job["teacher"]
     cfg.TRAINER.FDBPL.FEATURE_CACHE = mode == "fdbpl-cache"
     return cfg
 
@@ -328,11 +336,12 @@ def training_data(table, image_root):
 
 
 def endless(loader):
-    """Batches across epoch boundaries; a region dataset learns each new epoch, as in training."""
+    """Batches across epoch boundaries; a region dataset and its sampler learn each new epoch, as in training."""
     epoch = 0
     while True:
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)
+        for part in (loader.dataset, loader.sampler):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
         yield from loader
         epoch += 1
 
@@ -348,23 +357,46 @@ def online_teacher_loss(job, model, classnames, device):
 
 
 def mode_setup(job, cfg, clip_model, table, device):
-    """(model, batch source, loss of a device batch) for `job["mode"]`."""
+    """(harness, batch source, loss of a device batch) for `job["mode"]`; the harness holds the model."""
     mode = job["mode"]
     harness = StepHarness(cfg, clip_model, table.classnames, training_data(table, job["image_root"]), device)
     model = harness.model
     if mode == ONLINE:
-        return model, endless(harness.image_loader()), online_teacher_loss(job, model, table.classnames, device)
+        return harness, endless(harness.image_loader()), online_teacher_loss(job, model, table.classnames, device)
     if mode == "fdbpl-online":
         harness.ril_teacher = load_online_teacher(job["teacher"], table.classnames, CLIP_MEAN, CLIP_STD, device)
-        return model, endless(harness.image_loader()), lambda batch: harness.ril_forward(
+        return harness, endless(harness.image_loader()), lambda batch: harness.ril_forward(
             *harness.parse_ril_batch(batch)).loss
     if mode == "coop":
-        return model, endless(harness.image_loader()), lambda batch: F.cross_entropy(model(batch["img"]),
-                                                                                      batch["label"])
+        return harness, endless(harness.image_loader()), lambda batch: F.cross_entropy(model(batch["img"]),
+                                                                                        batch["label"])
     batches = endless(harness.build_region_loader())
     if mode == "oracle":
         batches = cycle([to_device(next(batches), device) for _ in range(job["warmup"] + job["steps"])])
-    return model, batches, lambda batch: harness.ril_forward(*harness.parse_ril_batch(batch)).loss
+    return harness, batches, lambda batch: harness.ril_forward(*harness.parse_ril_batch(batch)).loss
+
+
+def counting_fills(loss_fn, filler, steps):
+    """`loss_fn` that appends to `steps`, per call, the (image, region) pairs of the batch and the regions
+    scored and teacher forwards run by the lazy table's `filler` (None: a complete table) during it."""
+    def loss(batch):
+        before = (filler.scored_regions, filler.teacher_forwards) if filler else (0, 0)
+        value = loss_fn(batch)
+        after = (filler.scored_regions, filler.teacher_forwards) if filler else (0, 0)
+        pairs = torch.stack([batch["index"], batch["region"]], dim=1).tolist()
+        steps.append({"pairs": pairs, "scored": after[0] - before[0], "forwards": after[1] - before[1]})
+        return value
+    return loss
+
+
+def fill_counts(steps, warmup):
+    """What the teacher did in a lazy run (`counting_fills` records): in the run, and in its timed steps."""
+    timed = steps[warmup:]
+    return {"teacher_forwards": sum(step["forwards"] for step in steps),
+            "scored_regions": sum(step["scored"] for step in steps),
+            "timed_teacher_forwards": sum(step["forwards"] for step in timed),
+            "timed_scored_regions": sum(step["scored"] for step in timed),
+            "timed_pairs": sorted(pair for step in timed for pair in step["pairs"])}
 
 
 def time_steps(model, batches, loss_fn, device, warmup, steps):
@@ -440,13 +472,21 @@ def text_length(model):
 def train_job(job):
     device = torch.device(job["device"])
     cfg = benchmark_cfg(job, device)
-    table = RILTable(job["table"])
+    table = RILTable(job["table"], require_complete=not cfg.TRAINER.FDBPL.RIL_FILL)
     clip_model = load_clip(job["student"], "fp32", device)  # amp keeps fp32 weights, as the trainers
-    model, batches, loss_fn = mode_setup(job, cfg, clip_model, table, device)
+    harness, batches, loss_fn = mode_setup(job, cfg, clip_model, table, device)
+    filler, fills = getattr(harness, "ril_filler", None), []
+    if cfg.TRAINER.FDBPL.RIL_FILL:
+        loss_fn = counting_fills(loss_fn, filler, fills)
     reset_peak_memory(device)
-    timings = time_steps(model, batches, loss_fn, device, job["warmup"], job["steps"])
-    return {**timings, "peak_memory": peak_memory(device), "text_length": text_length(model),
-            "loadavg": os.getloadavg()[0]}
+    try:
+        timings = time_steps(harness.model, batches, loss_fn, device, job["warmup"], job["steps"])
+    finally:
+        if filler is not None:
+            filler.close()  # the next run may fill the table (in this process with --isolation none)
+    result = {**timings, "peak_memory": peak_memory(device), "text_length": text_length(harness.model),
+              "loadavg": os.getloadavg()[0]}
+    return dict(result, **fill_counts(fills, job["warmup"])) if cfg.TRAINER.FDBPL.RIL_FILL else result
 
 
 def eval_job(job):
@@ -499,7 +539,24 @@ def precompute_job(job):
             "forward_seconds_per_region": forward}
 
 
-JOBS = {"train": train_job, "breakdown": breakdown_job, "eval": eval_job, "precompute": precompute_job}
+def lazy_table_job(job):
+    """Create the lazy table `out` (python -m ril precompute --lazy: boxes and flips, no teacher value) for the
+    teacher over the images and settings of the table `source`; returns its seconds per image, read in this
+    process (loader workers' start-up, seconds in a spawned process, would swamp a few hundred images)."""
+    teacher = load_teacher(job["teacher"], torch.device(job["device"]))
+    source = RILTable(job["source"])
+    paths, labels = source.image_paths, source.labels.tolist()
+    fingerprint = expected_fingerprint(BENCHMARK_DATASET, -1, 0, "all", source.classnames, paths, labels)
+    spec = RegionSpec(num_regions=source.num_regions, topk=source.topk, output_size=teacher.input_size)
+    start = time.perf_counter()
+    precompute(job["out"], job["image_root"], paths, labels, fingerprint, teacher, spec, workers=0, overwrite=True,
+               lazy=True)
+    return {"seconds_per_image": (time.perf_counter() - start) / len(paths), "images": len(paths),
+            "regions": source.num_regions}
+
+
+JOBS = {"train": train_job, "breakdown": breakdown_job, "eval": eval_job, "precompute": precompute_job,
+        "lazy-table": lazy_table_job}
 
 
 def child(job, result_path):
@@ -581,10 +638,18 @@ def summarise(step_ms):
     return {"median_ms": float(np.median(step_ms)), "min_ms": float(min(step_ms)), "max_ms": float(max(step_ms))}
 
 
+def step_record(student, mode, result):
+    return dict(student=student, mode=mode, **summarise(result["step_ms"]), **result,
+                data_median_ms=float(np.median(result["data_ms"])), cpu_median_ms=float(np.median(result["cpu_ms"])))
+
+
 def measure_steps(args, setup, workdir):
     runs = []
     for student in args.students:
         for mode in args.modes:
+            if mode == LAZY:
+                runs += measure_lazy(args, setup, workdir, student)
+                continue
             print(f"Timing {mode} with student {student} ...", flush=True)
             table = setup.caches[student] if mode == "fdbpl-cache" else setup.tables[args.classes]
             job = dict(base_job(args, setup, student), kind="train", mode=mode, table=table,
@@ -592,10 +657,32 @@ def measure_steps(args, setup, workdir):
             result = run_job(job, args, workdir)
             if "error" in result:
                 raise RuntimeError(f"{mode} with student {student} failed:\n{result['error']}")
-            runs.append(dict(student=student, mode=mode, **summarise(result["step_ms"]), **result,
-                             data_median_ms=float(np.median(result["data_ms"])),
-                             cpu_median_ms=float(np.median(result["cpu_ms"]))))
+            runs.append(step_record(student, mode, result))
     return runs
+
+
+def measure_lazy(args, setup, workdir, student):
+    """The two fdbpl-lazy runs: on a lazy table created anew, then (same seed, epoch 0) on what the 1st filled.
+    The steps stay within epoch 0, which draws each image once: warm-up steps fill other regions than timed ones."""
+    table = os.path.join(workdir, "table-lazy.h5")
+    print(f"Creating a lazy RIL table for {LAZY} with student {student} ...", flush=True)
+    job = {"kind": "lazy-table", "device": args.device, "teacher": setup.teacher, "image_root": setup.image_root,
+           "source": setup.tables[args.classes], "out": table}
+    created = run_job(job, args, workdir)
+    if "error" in created:
+        raise RuntimeError(f"creating the lazy table failed:\n{created['error']}")
+    records = []
+    for label in LAZY_RUNS:
+        print(f"Timing {label} with student {student} ...", flush=True)
+        job = dict(base_job(args, setup, student), kind="train", mode=LAZY, table=table,
+                   warmup=args.warmup, steps=args.steps)
+        result = run_job(job, args, workdir)
+        if "error" in result:
+            raise RuntimeError(f"{label} with student {student} failed:\n{result['error']}")
+        records.append(step_record(student, label, dict(result, lazy_table=created)))
+    first, second = records
+    second["same_timed_regions"] = first["timed_pairs"] == second["timed_pairs"]
+    return records
 
 
 def measure_breakdown(args, setup, workdir):
@@ -667,7 +754,26 @@ def epoch_view(args, steps, precompute_seconds, cache_seconds):
                 "fdbpl_total_s_per_image": one_off + args.paper_epochs * per_epoch,
                 "break_even_regions": args.paper_epochs * saving / per_region if saving > 0 else 0.0,
             })
+        if set(LAZY_RUNS) <= set(by_mode):
+            rows.append(lazy_epoch_row(args, student, online, *(by_mode[label] for label in LAZY_RUNS)))
     return rows
+
+
+def lazy_epoch_row(args, student, online, first, second):
+    """fdbpl-lazy in the epoch view's terms: its one-off is the lazy table's creation plus what its 1st run
+    spends more than a rerun (the teacher on the regions it draws, one per image and epoch), whatever M is;
+    each rerun with the same seed costs the 2nd run's step. So FDBPL h (50 ep) is the 1st run's whole cost."""
+    per_region = max(first["median_ms"] - second["median_ms"], 0.0) / 1000 / args.batch_size
+    one_off = first["lazy_table"]["seconds_per_image"] + args.paper_epochs * per_region
+    per_epoch = second["median_ms"] / 1000 / args.batch_size
+    saving = online - per_epoch
+    return {
+        "student": student, "mode": LAZY, "precompute_s_per_region": per_region, "one_off_s_per_image": one_off,
+        "online_epoch_s_per_image": online, "epoch_s_per_image": per_epoch,
+        "payback_epochs": one_off / saving if saving > 0 else float("inf"),
+        "online_total_s_per_image": args.paper_epochs * online,
+        "fdbpl_total_s_per_image": one_off + args.paper_epochs * per_epoch, "break_even_regions": None,
+    }
 
 
 def machine():
@@ -721,7 +827,13 @@ def target_rows(args, runs, setup):
                   ("fdbpl-cache speed-up vs online >= 10", ratio(ONLINE, "fdbpl-cache"), lambda x: x >= 10),
                   ("fdbpl-pixels speed-up vs fdbpl-online (KDPL, same losses) >= 2.2",
                    ratio("fdbpl-online", "fdbpl-pixels"), lambda x: x >= 2.2),
-                  ("fdbpl-pixels / oracle <= 1.10", ratio("fdbpl-pixels", "oracle"), lambda x: x <= 1.10)]
+                  ("fdbpl-pixels / oracle <= 1.10", ratio("fdbpl-pixels", "oracle"), lambda x: x <= 1.10),
+                  (f"{LAZY_RUNS[0]} / online <= 1.10", ratio(LAZY_RUNS[0], ONLINE), lambda x: x <= 1.10),
+                  (f"{LAZY_RUNS[1]} / fdbpl-pixels <= 1.05", ratio(LAZY_RUNS[1], "fdbpl-pixels"),
+                   lambda x: x <= 1.05)]
+        if LAZY_RUNS[1] in by_mode:
+            checks.append((f"{LAZY_RUNS[1]}: teacher forwards = 0", by_mode[LAZY_RUNS[1]]["teacher_forwards"],
+                           lambda x: x == 0))
         tables = {"coop-fdbpl": setup.tables[args.classes], "fdbpl-pixels": setup.tables[args.classes],
                   "fdbpl-cache": setup.caches.get(student)}
         for mode, table in tables.items():
@@ -730,9 +842,33 @@ def target_rows(args, runs, setup):
                 limit = table_bytes(table)
                 checks.append((f"{mode} peak - coop peak <= table in memory ({megabytes(limit)} MB)",
                                excess / 2 ** 20, lambda x, limit=limit: x * 2 ** 20 <= limit))
-        rows += [[student, name, f"{value:.2f}", "yes" if test(value) else "NO"]
-                 for name, value, test in checks if value is not None]
+        rows += [[student, name, f"{value:.2f}" if isinstance(value, float) else str(value),
+                  "yes" if test(value) else "NO"] for name, value, test in checks if value is not None]
     return ("Targets", ["student", "target", "measured", "met"], rows, "peak differences in MB")
+
+
+def lazy_section(args, runs):
+    """Per student, both fdbpl-lazy runs: step time against the other modes, and what the teacher did."""
+    rows = []
+    for student in args.students:
+        by_mode = {run["mode"]: run for run in runs if run["student"] == student}
+        for label in LAZY_RUNS:
+            run = by_mode[label]
+            ratios = [f"{run['median_ms'] / by_mode[mode]['median_ms']:.2f}x" if mode in by_mode else ""
+                      for mode in (ONLINE, "fdbpl-online", "fdbpl-pixels")]
+            same = "" if label == LAZY_RUNS[0] else "yes" if run["same_timed_regions"] else "NO"
+            rows.append([student, label, f"{run['median_ms']:,.0f}", *ratios, run["teacher_forwards"],
+                         f"{run['timed_scored_regions']} of {len(run['timed_pairs'])}", same])
+    created = next(run["lazy_table"] for run in runs if run["mode"] == LAZY_RUNS[0])
+    headers = ["student", "run", "ms/iter (median)", "/ online-teacher", "/ fdbpl-online", "/ fdbpl-pixels",
+               "teacher forwards (run)", "timed regions scored", "timed regions = 1st run's"]
+    return (f"Lazy RIL table ({LAZY})", headers, rows,
+            f"teacher {args.teacher} (the online modes'), forwards of at most {args.batch_size} regions; 1st run on a "
+            f"lazy table just created ({created['images']} images x {created['regions']} regions, "
+            f"{1000 * created['seconds_per_image']:,.1f} ms/image), 2nd run with the same seed on the table the 1st "
+            f"filled; {args.warmup} warm-up + {args.steps} timed steps within epoch 0, which draws each image "
+            "once, so the warm-up fills other images' regions than the timed steps, and the 2nd run's timed steps "
+            "draw exactly the regions the 1st run's timed steps scored")
 
 
 def breakdown_section(args, results):
@@ -781,7 +917,8 @@ def epochs_section(args, rows, precompute_result):
                    f"{row['one_off_s_per_image'] / 3.6:,.1f}", f"{row['online_epoch_s_per_image'] / 3.6:,.2f}",
                    f"{row['epoch_s_per_image'] / 3.6:,.2f}", f"{row['payback_epochs']:,.0f}", f"{row['payback_epochs'] / args.paper_epochs:,.1f}",
                    f"{row['online_total_s_per_image'] / 3.6:,.1f}", f"{row['fdbpl_total_s_per_image'] / 3.6:,.1f}",
-                   f"{row['break_even_regions']:,.0f}"] for row in rows]
+                   "any" if row["break_even_regions"] is None else f"{row['break_even_regions']:,.0f}"]
+                  for row in rows]
     headers = ["student", "mode", "precompute ms/region", f"one-off h (M={args.paper_regions})", "online h/epoch",
                "FDBPL h/epoch", "payback epochs", f"payback runs ({args.paper_epochs} ep)", f"online h ({args.paper_epochs} ep)",
                f"FDBPL h ({args.paper_epochs} ep)",
@@ -791,13 +928,18 @@ def epochs_section(args, rows, precompute_result):
             f"{args.precompute_regions} regions (the teacher's bare forward: "
             f"{1000 * precompute_result['forward_seconds_per_region']:,.0f} ms/region); fdbpl-cache adds the "
             "student feature cache's one-off cost; one table serves every run (seeds, students, methods) on "
-            "its training images")
+            f"its training images. {LAZY}: no precompute; precompute ms/region = what its 1st run's step costs "
+            "more than the 2nd's, per region; one-off = the lazy table's creation + the teacher on the regions the "
+            f"1st run draws ({args.paper_epochs} per image, any M), so FDBPL h = the 1st run; reruns with the same "
+            "seed cost FDBPL h/epoch")
 
 
 def sections(args, results, setup):
     found = []
     if "steps" in results:
         found += [steps_section(args, results["steps"]), target_rows(args, results["steps"], setup)]
+        if any(run["mode"] == LAZY_RUNS[0] for run in results["steps"]):
+            found.append(lazy_section(args, results["steps"]))
     if "breakdown" in results:
         found.append(breakdown_section(args, results["breakdown"]))
     if "truncation" in results:

@@ -1,5 +1,5 @@
-"""scripts/benchmark_speed.py: the quick mode runs every measurement and reports it; the
-architecture shapes are OpenAI's; the epoch view's arithmetic."""
+"""scripts/benchmark_speed.py: the quick mode runs every measurement and reports it (the lazy table's
+second run scores nothing); the architecture shapes are OpenAI's; the epoch view's arithmetic."""
 import json
 import math
 
@@ -33,12 +33,25 @@ def quick_run(tmp_path_factory):
 def test_quick_mode_times_every_mode(quick_run):
     results, _ = quick_run
     runs = {run["mode"]: run for run in results["steps"]}
-    assert set(runs) == set(benchmark.MODES)
+    assert set(runs) == set(benchmark.MODES) - {benchmark.LAZY} | set(benchmark.LAZY_RUNS)
     for run in runs.values():
         assert run["student"] == "tiny-student" and len(run["step_ms"]) == 2 and len(run["data_ms"]) == 2
         assert 0 < run["min_ms"] <= run["median_ms"] <= run["max_ms"]
         assert all(data <= step for data, step in zip(run["data_ms"], run["step_ms"]))
         assert run["peak_memory"] > 0
+
+
+def test_quick_mode_lazy_runs_fill_then_reread_the_same_regions(quick_run):
+    """Counts, not times: the 1st run's teacher scores every region its timed steps draw (none was filled by
+    its warm-up), the 2nd run draws the same regions and runs the teacher on none."""
+    results, markdown = quick_run
+    first, second = (next(run for run in results["steps"] if run["mode"] == label) for label in benchmark.LAZY_RUNS)
+    batch, warmup, steps = (results["settings"][key] for key in ("batch_size", "warmup", "steps"))
+    assert first["teacher_forwards"] == warmup + steps and first["scored_regions"] == batch * (warmup + steps)
+    assert first["timed_scored_regions"] == len(first["timed_pairs"]) == batch * steps
+    assert second["teacher_forwards"] == second["scored_regions"] == 0
+    assert second["timed_pairs"] == first["timed_pairs"] and second["same_timed_regions"]
+    assert "### Lazy RIL table (fdbpl-lazy)" in markdown and "fdbpl-lazy 2nd run: teacher forwards = 0" in markdown
 
 
 def test_quick_mode_reports_breakdown_truncation_evaluation_and_epochs(quick_run):
@@ -53,7 +66,7 @@ def test_quick_mode_reports_breakdown_truncation_evaluation_and_epochs(quick_run
     (breakdown,) = results["breakdown"]
     assert list(breakdown["stage_ms"]) == list(benchmark.STAGES) and breakdown["text_sequences"] == 40
     assert all(milliseconds > 0 for milliseconds in breakdown["stage_ms"].values())
-    assert {row["mode"] for row in results["epochs"]} == {"fdbpl-pixels", "fdbpl-cache"}
+    assert {row["mode"] for row in results["epochs"]} == {"fdbpl-pixels", "fdbpl-cache", "fdbpl-lazy"}
     assert results["precompute"]["seconds_per_region"] > 0 and results["cache_s_per_region"]["tiny-student"] > 0
     for title in ("Training step time", "Targets", "Where an fdbpl-pixels step", "Text truncation", "Evaluation, 100 classes", "Epoch view"):
         assert f"### {title}" in markdown
