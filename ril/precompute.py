@@ -186,7 +186,9 @@ def effective_spec(spec, fingerprint, num_teachers=1):
     logger.info("Top-K: --topk %d requested, the run has %d classes, so the table keeps K = %d classes per region",
                 spec.topk, num_classes, topk)
     templates = teacher_templates(spec.templates, spec.teacher_templates, num_teachers, fingerprint["dataset"])
-    for position in range(num_teachers):
+    if not templates or isinstance(templates[0], str):
+        logger.info("Teacher class texts: %d template(s) %s", len(templates), list(templates[:3]))
+    for position in range(num_teachers) if templates and not isinstance(templates[0], str) else ():
         own = templates_of_teacher(templates, position)
         logger.info("Teacher %d class texts: %d template(s) %s", position + 1, len(own), list(own[:3]))
     return replace(spec, topk=topk, templates=templates, teacher_templates=())
