@@ -105,6 +105,8 @@ class ResultsError(ValueError):
 
 # path: the log file read, or the folder where the run was expected; problem: "" when complete.
 Run = namedtuple("Run", "seed path accuracy problem")
+RIL_TABLE = "table.h5"  # the protocol scripts' table file (scripts/lib/common.sh), with its own marker
+
 # A run folder not read, and why.
 Skipped = namedtuple("Skipped", "path reason")
 RunKey = namedtuple("RunKey", "split dataset shots trainer cfg seed")
@@ -390,8 +392,11 @@ def _missing_run(root, protocol, folders, key):
 
 
 def run_folders(root):
-    """Folders under `root` (relative) that hold a Dassl log or a completion marker."""
+    """Folders under `root` (relative) that hold a Dassl log or a completion marker, except RIL table folders:
+    the protocol scripts mark finished tables too (OUT/ril/.../table.h5), but a table is not a run."""
     for directory, _, files in os.walk(root):
+        if RIL_TABLE in files:
+            continue
         if any(name == LOG or name.startswith(LOG + "-") or name == MARKER for name in files):
             yield os.path.relpath(directory, root)
 

@@ -569,6 +569,11 @@ def test_every_run_folder_not_read_is_named_with_why(tmp_path):
     write_log(tmp_path, f"caltech101/CoOp/rn50_ep50_16shots/{COOP_LEVEL}/seed2", train_log(60.0))
     write_log(tmp_path, "ZeroshotCLIP/rn50/caltech101", eval_log(55.0))
     write_log(tmp_path, "base2new/train_base/imagenet/shots_16/CoOp_OFF/vit_b32_ctxv1/23:05:36/seed1", train_log(1.0))
+    # A RIL table the scripts precomputed (marked finished like a run) is not a run folder.
+    table_dir = tmp_path / "ril/dtd/shots_16/base/teacher-1_224px_bicubic_m4_k20/seed1"
+    table_dir.mkdir(parents=True)
+    for name in ("table.h5", pr.MARKER, "console.txt"):
+        (table_dir / name).write_text("")
     table = pr.summarize(pr.collect(str(tmp_path), "base2new"))
     assert table.skipped == [
         "ZeroshotCLIP/rn50/caltech101: CoOp's zeroshot.sh layout (ZeroshotCLIP/<cfg>/<Dataset>, one run without a "
