@@ -146,22 +146,28 @@ def test_training_step_loss_equals_the_published_formula(synthetic_root, tiny_st
         assert not torch.equal(model.encode_text(), text_features)
 
 
-def test_frozen_text_features_are_computed_once_at_build(synthetic_root, tiny_student, tmp_path, monkeypatch):
+def test_frozen_text_features_are_computed_once_in_training_and_never_for_evaluation(
+    synthetic_root, tiny_student, tmp_path, monkeypatch
+):
     import trainers.promptsrc as promptsrc
 
     builds = []
     original = promptsrc.frozen_text_features
     monkeypatch.setattr(promptsrc, "frozen_text_features", lambda *args: builds.append(1) or original(*args))
     trainer = build_trainer(synthetic_root, tmp_path, tiny_student)
-    torch.testing.assert_close(
-        trainer.frozen_text, published_frozen_text(plain_clip(tiny_student), trainer.dm.dataset.classnames)
-    )
+    trainer.test()
+    assert builds == []
     text_passes = []
     trainer.model.text_encoder.transformer.resblocks[0].register_forward_hook(lambda *args: text_passes.append(1))
     trainer.train()
     assert len(builds) == 1
-    # one prompted class-text pass per step and one per evaluation, nothing more
-    assert len(text_passes) == trainer.num_batches * trainer.max_epoch + 1
+    # one pass per frozen-feature template, one prompted class-text pass per step and one per evaluation
+    n_templates = len(promptsrc.PROMPTSRC_TEMPLATES)
+    assert len(text_passes) == n_templates + trainer.num_batches * trainer.max_epoch + 1
+    torch.testing.assert_close(
+        trainer.frozen_text, published_frozen_text(plain_clip(tiny_student), trainer.dm.dataset.classnames)
+    )
+    assert len(builds) == 1
 
 
 def set_prompts(learner, seed):

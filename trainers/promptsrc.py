@@ -72,15 +72,24 @@ class PromptSRC(PromptTrainer):
         learner = IVLPPrompts.from_config(clip_model, classnames, node)
         self.model = freeze_all_but_prompts(DeepPromptedCLIP(clip_model, learner, self.cfg.MODEL.TEXT_TRUNCATION))
         self.model.to(self.device)
-        self.frozen_text = frozen_text_features(
-            self.model, clip_model.token_embedding, classnames, PROMPTSRC_TEMPLATES
-        )
+        self._frozen_text = None
         self.register_trainable("prompt_learner", learner)
         weights = gaussian_epoch_weights(self.cfg.OPTIM.MAX_EPOCH, node.GPA_MEAN, node.GPA_STD)
         print("GPA epoch weights: " + ", ".join(f"{weight:.4f}" for weight in weights))
         self.gpa = PromptAggregate(learner, weights).to(self.device)
         self.register_model("gpa", self.gpa)
         self.build_grad_scaler()
+
+    @property
+    def frozen_text(self):
+        """Frozen class text features (C, E), computed in fp32 on first use. Only training uses them, and
+        their 60 template passes cost more than an evaluation of ImageNet's 500 base classes."""
+        if self._frozen_text is None:
+            with torch.autocast(self.device.type, enabled=False):
+                self._frozen_text = frozen_text_features(
+                    self.model, self.clip_model.token_embedding, self.dm.dataset.classnames, PROMPTSRC_TEMPLATES
+                )
+        return self._frozen_text
 
     def consistency_terms(self, image, image_features, text_features, logits):
         """L_SCL terms of a batch: frozen image features and zero-shot logits from the unprompted towers."""
