@@ -200,7 +200,7 @@ def check_frozen_weights(clip_model, frozen, source, setting):
                 f"{tuple(weight.value.shape)}, where this run's CLIP has {found} ('{weight.clip_key}'). {advice}"
             )
         ours = ours.detach().float().cpu()
-        difference = float((weight.value.float() - ours).norm() / ours.norm().clamp_min(1e-12))
+        difference = float((weight.value.detach().float() - ours).norm() / ours.norm().clamp_min(1e-12))
         if difference > worst_difference:
             worst, worst_difference = weight, difference
     if worst_difference > FROZEN_TOLERANCE:
