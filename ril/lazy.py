@@ -21,6 +21,7 @@ from .precompute import (
     RegionSpec, SampledRegions, check_teachers, class_features_of, score_regions, table_settings,
 )
 from .reader import RILTable
+from .teachers import load_teacher, teacher_identity
 from .writer import TableWriter, complete_table, create_table
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,11 @@ def table_spec(attrs):
     )
 
 
-def check_table_teachers(path, attrs, teachers, given):
-    """Refuse teachers other than those that scored the table (`given`: how the user named them)."""
-    found = {"teacher": [teacher.teacher_id for teacher in teachers],
-             "teacher_sha256": [teacher.checkpoint_sha256 for teacher in teachers]}
+def check_table_teachers(path, attrs, identities, given):
+    """Refuse teachers other than those that scored the table. `identities`: (teacher_id, checkpoint_sha256)
+    per teacher; `given`: how the user named them."""
+    found = {"teacher": [teacher_id for teacher_id, _ in identities],
+             "teacher_sha256": [sha256 for _, sha256 in identities]}
     for field, value in found.items():
         if value != attrs[field]:
             raise RILTableError(
@@ -83,23 +85,37 @@ def check_table_teachers(path, attrs, teachers, given):
 class TableFiller:
     """Scores and stores the unfilled regions of the lazy table `path`; a context manager.
 
-    Counts what it did: `scored_regions`, and `teacher_forwards` (one per teacher per forward of at most
-    `batch_size` regions).
+    `teachers`: loaded FrozenCLIPs, or their specs (checked against the table at once, loaded on `device` by
+    the first `fill`, so a run that finds every region it draws filled never loads them). Counts what it
+    did: `scored_regions`, and `teacher_forwards` (one per teacher per forward of at most `batch_size` regions).
     """
 
-    def __init__(self, path, teachers, batch_size=256, given="--teacher"):
+    def __init__(self, path, teachers, batch_size=256, given="--teacher", device="cpu"):
         self.path = path
         self.table = RILTable(path, require_complete=False)
         if not self.table.lazy:
             raise RILTableError(f"RIL table {path} is not a lazy table (made by python -m ril precompute --lazy)")
-        attrs = self.table.attrs
-        check_table_teachers(path, attrs, teachers, given)
-        self.spec = table_spec(attrs)
-        check_teachers(teachers, self.spec, self.table.num_classes)
-        self.teachers, self.batch_size = teachers, batch_size
-        self.class_features = class_features_of(teachers, self.table.classnames, self.spec.templates)
+        identities = [teacher_identity(teacher) if isinstance(teacher, str)
+                      else (teacher.teacher_id, teacher.checkpoint_sha256) for teacher in teachers]
+        check_table_teachers(path, self.table.attrs, identities, given)
+        self.spec = table_spec(self.table.attrs)
+        self.batch_size, self.device = batch_size, device
+        self._teachers, self._class_features = list(teachers), None
         self.scored_regions = self.teacher_forwards = 0
         self.writer = TableWriter(path)
+
+    @property
+    def teachers_loaded(self):
+        return self._class_features is not None
+
+    def scoring_teachers(self):
+        """(teachers, their class features), loaded and checked on first use."""
+        if not self.teachers_loaded:
+            self._teachers = [load_teacher(teacher, self.device) if isinstance(teacher, str) else teacher
+                              for teacher in self._teachers]
+            check_teachers(self._teachers, self.spec, self.table.num_classes)
+            self._class_features = class_features_of(self._teachers, self.table.classnames, self.spec.templates)
+        return self._teachers, self._class_features
 
     def __enter__(self):
         return self
@@ -122,10 +138,11 @@ class TableFiller:
         (images[j], regions[j]), scored from their uint8 pixels (U, 3, H, W); those still unfilled are stored."""
         images, regions = np.asarray(images, dtype=np.int64), np.asarray(regions, dtype=np.int64)
         geometry = self.table.read(images, regions)
-        rows = score_regions(self.teachers, self.class_features, pixels, self.spec, self.batch_size)
+        teachers, class_features = self.scoring_teachers()
+        rows = score_regions(teachers, class_features, pixels, self.spec, self.batch_size)
         rows.update({"regions/box": geometry["box"], "regions/flip": geometry["flip"]})
         self.scored_regions += len(images)
-        self.teacher_forwards += len(self.teachers) * -(-len(images) // self.batch_size)
+        self.teacher_forwards += len(teachers) * -(-len(images) // self.batch_size)
         missing = ~self.table.filled(images, regions)
         if missing.any():
             self._store(images[missing], regions[missing], {name: value[missing] for name, value in rows.items()})
@@ -156,7 +173,6 @@ class TableFiller:
                 raise damaged(self.path, problem)
             if filled.all():
                 self.writer.finish_image(index, self.table.array("images/size")[index], rows)
-
 
 
 def continue_lazy_table(filler, batches, total, show_progress=True):

@@ -98,6 +98,20 @@ def model_identity(name_or_path):
     return f"file:{os.path.basename(name_or_path)}", file_sha256(name_or_path)
 
 
+def teacher_identity(spec):
+    """(teacher_id, checkpoint_sha256) the loaded teacher of `spec` will have, without loading it."""
+    kind, name, pretrained = parse_teacher_spec(spec)
+    if kind == "openai":
+        return model_identity(name)
+    return _open_clip_identity(name, pretrained)
+
+
+def _open_clip_identity(name, pretrained):
+    teacher_id = OPEN_CLIP_PREFIX + name + (f"/{os.path.basename(pretrained)}" if pretrained else "")
+    local_weights = pretrained is not None and os.path.isfile(os.path.expanduser(pretrained))
+    return teacher_id, file_sha256(pretrained) if local_weights else ""
+
+
 def load_openai_clip(name_or_path, device="cpu"):
     """An OpenAI CLIP (name or checkpoint) through `trainers.clip_loading`, fp32 weights."""
     model = load_clip(name_or_path, precision="fp32", device=device)
@@ -131,14 +145,11 @@ def _load_open_clip(spec, name, pretrained, device):
     std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
     size = visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    teacher_id = OPEN_CLIP_PREFIX + name + (f"/{os.path.basename(pretrained)}" if pretrained else "")
-    local_weights = pretrained is not None and os.path.isfile(os.path.expanduser(pretrained))
-    sha256 = file_sha256(pretrained) if local_weights else ""
 
     def encode_text(texts):
         return F.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
 
-    return FrozenCLIP(model, encode_text, teacher_id, sha256, mean, std, size, device)
+    return FrozenCLIP(model, encode_text, *_open_clip_identity(name, pretrained), mean, std, size, device)
 
 
 def load_teacher(spec, device="cpu"):

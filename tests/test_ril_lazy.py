@@ -92,6 +92,7 @@ def test_training_fills_exactly_the_drawn_regions_and_a_rerun_scores_nothing(tab
     second_drawn, second_ctx = trained(second)
     assert second_drawn == drawn
     assert (second.ril_filler.scored_regions, second.ril_filler.teacher_forwards) == (0, 0)
+    assert first.ril_filler.teachers_loaded and not second.ril_filler.teachers_loaded
     assert torch.equal(second_ctx, first_ctx), "soft labels scored during training differ from those read back"
 
     precomputed = build_trainer(synthetic_root, "FDBPL", tiny_student, tmp_path / "full",

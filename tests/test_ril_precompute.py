@@ -18,7 +18,7 @@ from ril.precompute import RegionSpec, precompute
 from ril.reader import RILTable
 from ril.region_dataset import RegionDataset
 from ril.summary import describe, verify
-from ril.teachers import load_openai_clip, load_teacher, parse_teacher_spec
+from ril.teachers import load_openai_clip, load_teacher, parse_teacher_spec, teacher_identity
 from tests.test_ril_format import CLASSNAMES, build_table, restamp, toy_fingerprint, write_images
 from trainers.templates import CLIP_SELECTED_TEMPLATES
 
@@ -169,6 +169,8 @@ def test_teacher_specs_and_identity(tiny_teacher):
         parse_teacher_spec("open_clip:ViT-H-14")
     teacher = load_openai_clip(tiny_teacher)
     assert teacher.teacher_id == "file:teacher.pt" and len(teacher.checkpoint_sha256) == 64
+    assert teacher_identity(str(tiny_teacher)) == (teacher.teacher_id, teacher.checkpoint_sha256)
+    assert teacher_identity("ViT-L/14") == ("ViT-L/14", "")
     assert teacher.input_size == (32, 32) and teacher.logit_scale == pytest.approx(1 / 0.07, rel=1e-3)
 
 
@@ -194,6 +196,7 @@ def test_open_clip_teacher_from_a_local_weights_file(tmp_path):
 
     teacher = load_teacher(f"open_clip:Tiny-Test/{weights}")
     assert teacher.teacher_id == "open_clip:Tiny-Test/tiny_weights.pt" and len(teacher.checkpoint_sha256) == 64
+    assert teacher_identity(f"open_clip:Tiny-Test/{weights}") == (teacher.teacher_id, teacher.checkpoint_sha256)
     assert teacher.input_size == (32, 32) and teacher.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
     features = teacher.class_features(["red circle", "cat"], ["a photo of a {}."])
     images = torch.randn(3, 3, 32, 32)

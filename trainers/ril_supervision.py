@@ -43,7 +43,6 @@ from ril.lazy import TableFiller
 from ril.reader import densify
 from ril.region_dataset import RegionDataset, collate_regions
 from ril.shards import open_table
-from ril.teachers import load_teacher
 
 from .base import TrainingSetupError, backward_and_update, end_of_epoch_step, register_trainable
 from .clip_loading import backbone_id, load_clip
@@ -314,10 +313,10 @@ class RILSupervision:
                 "from a filled table (finish it with python -m ril precompute without --lazy)"
             )
         print(f"Lazy RIL table {table.path}: {100 * table.filled_regions().mean():.2f}% filled; the teacher "
-              f"{node.TEACHER_BACKBONE} (TRAINER.FDBPL.TEACHER_BACKBONE) scores the regions this run draws first")
-        teacher = load_teacher(node.TEACHER_BACKBONE, self.device)
-        return TableFiller(table.path, [teacher], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
-                           given="TRAINER.FDBPL.TEACHER_BACKBONE")
+              f"{node.TEACHER_BACKBONE} (TRAINER.FDBPL.TEACHER_BACKBONE) scores the regions this run draws first, "
+              "loaded when a batch first has one")
+        return TableFiller(table.path, [node.TEACHER_BACKBONE], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
+                           given="TRAINER.FDBPL.TEACHER_BACKBONE", device=self.device)
 
     def lazy_targets(self, batch):
         """(soft labels (B, C), entropies (B,)) of a batch from a lazy table, its unfilled regions scored now."""
