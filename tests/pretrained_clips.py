@@ -1,10 +1,12 @@
 """The tiny CLIPs pretrained by scripts/pretrain_tiny_clip.py for the tests that need models that have
 learned something (tests/test_learning.py, tests/test_ood.py); the `pretrained` fixture (conftest.py)
-makes them once per test session.
+makes them once per test session: under pytest-xdist the first worker that needs them pretrains them into
+the session's shared temporary folder while the others wait on a lock, then all read the same files.
 
 FDBPL_TEST_PRETRAINED=<dir> reuses <dir>/student.pt and <dir>/teacher.pt instead, each only if its sidecar
 (<name>.pt.json) records exactly the current preset's settings and the file's sha256.
 """
+import fcntl
 import json
 import os
 import subprocess
@@ -71,7 +73,22 @@ def pretrained_clips(tmp_path_factory):
         else:
             paths[preset] = path
     if missing:
-        directory = tmp_path_factory.mktemp("pretrained")
-        pretrain(missing, directory)
+        directory = shared_directory(tmp_path_factory)
+        with open(directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if pretraining fails
+            todo = [preset for preset in missing if reusable(str(directory / f"{preset}.pt"), preset)]
+            if todo:
+                pretrain(todo, directory)
+            reused = sorted(set(missing) - set(todo))
+            if reused:
+                print(f"pretrained {', '.join(reused)} reused from another test process ({directory})")
         paths.update({preset: str(directory / f"{preset}.pt") for preset in missing})
     return paths
+
+
+def shared_directory(tmp_path_factory):
+    """The test session's folder for the pretrained CLIPs: under pytest-xdist, beside the workers' own."""
+    base = tmp_path_factory.getbasetemp()
+    directory = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "pretrained"
+    directory.mkdir(exist_ok=True)
+    return directory
