@@ -84,6 +84,7 @@ PLACEHOLDERS = {"dataset": "<Dataset>", "shots": "<K>", "trainer": "<Trainer>", 
 FIELD_PATTERNS = {"seed": r"(?P<seed_spelling>_?)(?P<seed>\d+)", "shots": r"(?P<shots>\d+)",
                   "variant": r"(?P<variant>nctx\d+_csc[^/_]+_ctp[^/]+)"}
 ZEROSHOT_LAYOUT = re.compile(r"^ZeroshotCLIP/[^/]+/[^/]+$")  # CoOp's zeroshot.sh: one run, no seed folder
+CASPL_BOOST_LAYOUT = re.compile(r"^base2new/train_all/[^/]+/shots_\d+/CasPL_Boost/")  # caspl.sh's stage 1
 # A reference PromptKD base-to-new log (its config dump: TRAINER.NAME PromptKD, TRAINER.MODAL base2novel) tests the
 # new classes after training and validates on the base classes; this project's PromptKD runs test their own classes.
 PROMPTKD_LOG = (re.compile(r"^  NAME: PromptKD$", re.MULTILINE), re.compile(r"^  MODAL: base2novel$", re.MULTILINE))
@@ -421,6 +422,8 @@ def skipped_folders(root, protocol, runs, kept, shots):
 
 
 def _unread_reason(rel, protocol):
+    if CASPL_BOOST_LAYOUT.match(rel.replace(os.sep, "/")):
+        return "CasPL's boosting stage (caspl.sh, all classes): its prompts are part of the *_CasPL runs, not a row"
     if ZEROSHOT_LAYOUT.match(rel.replace(os.sep, "/")):
         return "CoOp's zeroshot.sh layout (ZeroshotCLIP/<cfg>/<Dataset>, one run without a seed folder), not read"
     others = [name for name in PROTOCOLS if layout_of(name) != layout_of(protocol)

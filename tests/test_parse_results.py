@@ -574,10 +574,13 @@ def test_every_run_folder_not_read_is_named_with_why(tmp_path):
     table_dir.mkdir(parents=True)
     for name in ("table.h5", pr.MARKER, "console.txt"):
         (table_dir / name).write_text("")
+    write_log(tmp_path, "base2new/train_all/dtd/shots_0/CasPL_Boost/c_online/seed1", train_log(1.0))
     table = pr.summarize(pr.collect(str(tmp_path), "base2new"))
     assert table.skipped == [
         "ZeroshotCLIP/rn50/caltech101: CoOp's zeroshot.sh layout (ZeroshotCLIP/<cfg>/<Dataset>, one run without a "
         "seed folder), not read",
+        "base2new/train_all/dtd/shots_0/CasPL_Boost/c_online/seed1: CasPL's boosting stage (caspl.sh, all classes): "
+        "its prompts are part of the *_CasPL runs, not a row",
         "base2new/train_base/dtd/shots_0/PromptKD/c/seed_1: 0 shots (the table has 16): pass --shots 0",
         "base2new/train_base/imagenet/shots_16/CoOp_OFF/vit_b32_ctxv1/23:05:36/seed1: no layout of any protocol "
         "(see --help)",
