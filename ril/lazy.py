@@ -113,6 +113,9 @@ class TableFiller:
         if not self.teachers_loaded:
             self._teachers = [load_teacher(teacher, self.device) if isinstance(teacher, str) else teacher
                               for teacher in self._teachers]
+            # the files may have changed since the check at start: the loaded teachers must still match
+            check_table_teachers(self.path, self.table.attrs, [(teacher.teacher_id, teacher.checkpoint_sha256)
+                                                               for teacher in self._teachers], "the loaded teacher")
             check_teachers(self._teachers, self.spec, self.table.num_classes)
             self._class_features = class_features_of(self._teachers, self.table.classnames, self.spec.templates)
         return self._teachers, self._class_features
