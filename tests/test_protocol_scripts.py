@@ -156,6 +156,41 @@ def test_base2new_resumes_after_a_kill_and_prints_the_logged_accuracies(data_roo
     assert table_row(again.stdout, TEST_DATASET) == expected
 
 
+def test_several_seeds_each_train_from_their_own_table_and_average_in_the_table(data_root, tiny_student,
+                                                                                tiny_teacher, tmp_path):
+    """The scripts' default is three seeds; every other test runs one. Each seed draws its own few-shot
+    images, so it needs its own RIL table, and its cell is the mean ± std of the seeds' logged accuracies."""
+    out = tmp_path / "out"
+    method = f"FDBPL/tiny_ep2_{checkpoint_tag(tiny_student)}"
+    args = ["--data", data_root, "--out", str(out), "--trainer", "FDBPL", "--cfg", "tiny_ep2", "--datasets",
+            TEST_SYNTHETIC, "--seeds", "1 2", "--shots", "2", "--backbone", tiny_student, "--teacher", tiny_teacher,
+            "--regions", "4", "--topk", "3", "--ril-workers", "0", "--device", "cpu"]
+    result = run_protocol("base2new.sh", *args)
+    assert result.stdout.count("[run] ") == 8  # per seed: its table, train_base, test_base, test_new
+
+    table_root = glob.glob(str(out / "ril" / TEST_DATASET / "shots_2" / "base" / "teacher-*_m4_k3"))
+    assert len(table_root) == 1
+    image_lists = set()
+    for seed in (1, 2):
+        table = os.path.join(table_root[0], f"seed{seed}", "table.h5")
+        fingerprint = subprocess.run([sys.executable, "-m", "ril", "inspect", "--table", table], capture_output=True,
+                                     text=True, check=True).stdout.splitlines()[1]
+        assert f", seed={seed}," in fingerprint, fingerprint
+        image_lists.add(re.search(r"image_list_sha256=(\w+)", fingerprint).group(1))
+        train_log = open(out / "base2new" / "train_base" / TEST_DATASET / "shots_2" / method / f"seed{seed}"
+                         / "log.txt").read()
+        assert f"Training from RIL table {table}" in train_log
+    assert len(image_lists) == 2  # the seeds drew different few-shot images
+
+    accuracies = {split: [log_accuracy(out / "base2new" / split / TEST_DATASET / "shots_2" / method / f"seed{seed}")
+                          for seed in (1, 2)] for split in ("test_base", "test_new")}
+    base, new = (sum(values) / 2 for values in accuracies.values())
+    spreads = [abs(values[0] - values[1]) / 2 for values in accuracies.values()]  # population std of two values
+    assert table_row(result.stdout, TEST_DATASET) == [f"{base:.2f} ± {spreads[0]:.2f}",
+                                                      f"{new:.2f} ± {spreads[1]:.2f}",
+                                                      f"{2 * base * new / (base + new):.2f}"]
+
+
 def test_cross_dataset_then_domain_generalization_reuses_the_source_model(data_root, tiny_student, tmp_path):
     out = tmp_path / "out"
     second_target = tmp_path / "synthetic_copy.yaml"  # another folder name for the same dataset
