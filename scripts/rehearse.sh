@@ -7,7 +7,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROG="$(basename "$0")"
 PYTHON="${PYTHON:-python3}"
 ALL_PROTOCOLS="base2new side_by_side promptkd caspl cross_dataset domain_generalization few_shot"
-BASE2NEW_TRAINERS="ZeroshotCLIP CoOp MaPLe PromptSRC FDBPL CoOp_FDBPL MaPLe_FDBPL PromptSRC_FDBPL"
+BASE2NEW_TRAINERS="ZeroshotCLIP CoOp CoCoOp MaPLe PromptSRC IVLP VPT FDBPL CoOp_FDBPL CoCoOp_FDBPL MaPLe_FDBPL PromptSRC_FDBPL VPT_FDBPL"
 ELEVEN_DATASETS="imagenet caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
 IMAGENET_VARIANTS="imagenetv2 imagenet_sketch imagenet_a imagenet_r"
 
@@ -15,7 +15,7 @@ OUT=output/rehearsal
 DATASETS="$ELEVEN_DATASETS"
 TRAINERS="$BASE2NEW_TRAINERS"
 PROTOCOLS="$ALL_PROTOCOLS"
-SEEDS=""
+SEEDS=1
 EPOCHS=1
 REGIONS=4
 
@@ -23,16 +23,18 @@ usage() {
   cat <<EOF
 Usage: bash scripts/rehearse.sh [FLAGS]
 
-Runs the protocol scripts the way a researcher does, with their defaults (configs, 16 shots, seeds,
-K = 20, teacher texts, run folders, results tables), on miniature \$DATA trees in the benchmarks'
+Runs the protocol scripts the way a researcher does, with their defaults (configs, 16 shots, K = 20,
+teacher texts, run folders, results tables), on miniature \$DATA trees in the benchmarks'
 real folder layouts with their real class counts (ImageNet 1000, SUN397 397, ..., EuroSAT 10, and
 the ImageNet variants; scripts/make_rehearsal_data.py, one tiny image per class and split). Only
 what cannot run on this machine is changed: the CLIPs are tiny random checkpoints in the real
 input shape (224 px, 12 layers, so every published prompt depth fits; scripts/make_tiny_clip.py),
-training lasts --epochs, RIL tables hold --regions regions per image, and everything runs on the
-CPU. It proves that every default command runs to a complete table at real class counts; the
-numbers themselves are those of random models. It exits non-zero when any step fails or any table
-has a missing cell. Rerunning skips finished steps (the scripts' finished.txt markers).
+training lasts --epochs, RIL tables hold --regions regions per image, one seed runs (--seeds; the
+scripts' default of three repeats every command with another few-shot draw and RIL table, for three
+times the hours), and everything runs on the CPU. It proves that every default command runs to a
+complete table at real class counts; the numbers themselves are those of random models. It exits
+non-zero when any step fails or any table has a missing cell. Rerunning skips finished steps (the
+scripts' finished.txt markers).
 
 Protocols (--protocols):
   base2new               base2new.sh --trainer "--trainers" on --datasets
@@ -50,9 +52,9 @@ Flags:
   --datasets "NAME ..." datasets of base2new, side_by_side, promptkd, caspl and few_shot, and the
                         targets of cross_dataset (default: the 11 base-to-new datasets)
   --trainers "NAME ..." trainers of base2new, cross_dataset and domain_generalization
-                        (default: $BASE2NEW_TRAINERS)
+                        (default: every trainer these scripts take: $BASE2NEW_TRAINERS)
   --protocols "NAME ..." which protocols to run (default: all: $ALL_PROTOCOLS)
-  --seeds "S ..."       seeds (default: each script's own default, 1 2 3)
+  --seeds "S ..."       seeds (default: $SEEDS; "1 2 3" is the scripts' own default)
   --epochs N            OPTIM.MAX_EPOCH of every training run (default: $EPOCHS)
   --regions M           regions per image of every RIL table (default: $REGIONS)
   -h, --help            show this help
@@ -111,12 +113,11 @@ datasets_needed() {
 
 # protocol NAME SCRIPT FLAGS...: run SCRIPT with the shared rehearsal settings; time it for the summary.
 protocol() {
-  local name="$1" script="$2" start=$SECONDS seeds=()
+  local name="$1" script="$2" start=$SECONDS
   shift 2
-  if [ -n "$SEEDS" ]; then seeds=(--seeds "$SEEDS"); fi
   echo
   echo "=== $name: bash scripts/$script $*"
-  DATA="$DATA" bash "$REPO_ROOT/scripts/$script" --device cpu ${seeds[@]+"${seeds[@]}"} "$@" \
+  DATA="$DATA" bash "$REPO_ROOT/scripts/$script" --device cpu --seeds "$SEEDS" "$@" \
     || die "protocol $name failed (bash scripts/$script); see the messages above"
   printf '| %s | `bash scripts/%s %s` | %d |\n' "$name" "$script" "$*" $((SECONDS - start)) >> "$SUMMARY.rows"
 }
@@ -167,7 +168,7 @@ results_table() {
   shift 2
   echo
   # shellcheck disable=SC2086  # SEEDS is a list
-  "$PYTHON" "$REPO_ROOT/scripts/parse_results.py" "$root" --protocol "$protocol" --seeds ${SEEDS:-1 2 3} \
+  "$PYTHON" "$REPO_ROOT/scripts/parse_results.py" "$root" --protocol "$protocol" --seeds $SEEDS \
     --require-complete --markdown "$markdown" "$@" || die "the $protocol table of $root is incomplete (see above)"
   printf '\n%s\n' "$(cat "$markdown")" >> "$SUMMARY.tables"
 }
