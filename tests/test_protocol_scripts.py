@@ -156,8 +156,8 @@ def test_base2new_resumes_after_a_kill_and_prints_the_logged_accuracies(data_roo
     assert table_row(again.stdout, TEST_DATASET) == expected
 
 
-def test_several_seeds_each_train_from_their_own_table_and_average_in_the_table(data_root, tiny_student,
-                                                                                tiny_teacher, tmp_path):
+def test_each_seed_has_its_table_shared_by_later_trainers_and_cells_average_the_seeds(data_root, tiny_student,
+                                                                                      tiny_teacher, tmp_path):
     """The scripts' default is three seeds; every other test runs one. Each seed draws its own few-shot
     images, so it needs its own RIL table, and its cell is the mean ± std of the seeds' logged accuracies."""
     out = tmp_path / "out"
@@ -189,6 +189,16 @@ def test_several_seeds_each_train_from_their_own_table_and_average_in_the_table(
     assert table_row(result.stdout, TEST_DATASET) == [f"{base:.2f} ± {spreads[0]:.2f}",
                                                       f"{new:.2f} ± {spreads[1]:.2f}",
                                                       f"{2 * base * new / (base + new):.2f}"]
+
+    # A later sweep of another FDBPL-family trainer, whose method config cuts regions the same way,
+    # trains from the same table (recorded with FDBPL's config) instead of stopping at it.
+    twin = run_protocol("base2new.sh", *args[:args.index("--trainer")], "--trainer", "CoOp_FDBPL", "--cfg",
+                        "tiny_ep2", *args[args.index("--datasets"):args.index("--seeds")], "--seeds", "1",
+                        *args[args.index("--shots"):])
+    assert "[skip] RIL table " in twin.stdout and twin.stdout.count("[run] ") == 3
+    twin_log = open(out / "base2new" / "train_base" / TEST_DATASET / "shots_2" / method.replace("FDBPL", "CoOp_FDBPL", 1)
+                    / "seed1" / "log.txt").read()
+    assert f"Training from RIL table {os.path.join(table_root[0], 'seed1', 'table.h5')}" in twin_log
 
 
 def test_cross_dataset_then_domain_generalization_reuses_the_source_model(data_root, tiny_student, tmp_path):

@@ -6,7 +6,10 @@ The record is DIR/settings.txt (the command of the latest attempt), else the com
 line of DIR/finished.txt, else the last attempt in DIR/console.txt ('### <date>: <command>'). A
 command's settings are its train.py or `ril precompute` flags and KEY VALUE overrides (the last
 value of a key wins, as in yacs), except how it runs: the interpreter and launcher, --output-dir
-(DIR itself), --workers, --device and USE_CUDA. Paths are compared relative to the repository
+(DIR itself), --workers, --device and USE_CUDA. An RIL table's method config (`ril precompute
+--config-file`) is not compared either: a table takes only INPUT.SIZE and INPUT.INTERPOLATION from
+it, and these name the table's folder, so every FDBPL-family trainer whose config cuts regions the
+same way shares the table. Paths are compared relative to the repository
 (the folder of train.py) and to the output root ROOT, so either may move. Prints nothing and exits
 0 when there is no record or the settings agree.
 """
@@ -18,6 +21,7 @@ import sys
 SETTINGS, MARKER, CONSOLE = "settings.txt", "finished.txt", "console.txt"
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 HOW_IT_RUNS = ("--output-dir", "--workers", "--device", "USE_CUDA")
+TABLE_FOLDER_NAMES = ("--config-file",)  # what `ril precompute` takes from it is in the folder's name
 NOT_GIVEN = "(not given)"
 EXIT_DIFFERENT, EXIT_USAGE = 1, 2
 
@@ -49,7 +53,7 @@ def settings(words, root, repo_root):
         i += 2 if takes_value else 1
     for key, value in zip(args[i::2], args[i + 1::2]):
         items[key] = value
-    for item in HOW_IT_RUNS:
+    for item in HOW_IT_RUNS + (TABLE_FOLDER_NAMES if name == "ril precompute" else ()):
         items.pop(item, None)
     prefixes = [(own_repo or repo_root) + os.sep, root.rstrip(os.sep) + os.sep]
     return {item: relative(value, prefixes) for item, value in items.items()}
