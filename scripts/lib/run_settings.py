@@ -9,9 +9,9 @@ value of a key wins, as in yacs), except how it runs: the interpreter and launch
 (DIR itself), --workers, --device and USE_CUDA. An RIL table's method config (`ril precompute
 --config-file`) is not compared either: a table takes only INPUT.SIZE and INPUT.INTERPOLATION from
 it, and these name the table's folder, so every FDBPL-family trainer whose config cuts regions the
-same way shares the table. Paths are compared relative to the repository
-(the folder of train.py) and to the output root ROOT, so either may move. Prints nothing and exits
-0 when there is no record or the settings agree.
+same way shares the table. Paths are compared relative to the repository (the folder of train.py;
+for a table, the one holding its --dataset-config-file) and to the output root ROOT, so either may
+move. Prints nothing and exits 0 when there is no record or the settings agree.
 """
 import os
 import re
@@ -21,6 +21,7 @@ import sys
 SETTINGS, MARKER, CONSOLE = "settings.txt", "finished.txt", "console.txt"
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 HOW_IT_RUNS = ("--output-dir", "--workers", "--device", "USE_CUDA")
+SHIPPED_DATASET_CONFIG = re.compile(r"^(/.+)/configs/datasets/[^/]+\.yaml$")
 TABLE_FOLDER_NAMES = ("--config-file",)  # what `ril precompute` takes from it is in the folder's name
 NOT_GIVEN = "(not given)"
 EXIT_DIFFERENT, EXIT_USAGE = 1, 2
@@ -35,7 +36,16 @@ def program(words):
         if word.endswith(os.path.join("scripts", "ood_eval.py")):
             return "ood_eval.py", i + 1, os.path.dirname(os.path.dirname(word))
         if words[i:i + 3] == ["-m", "ril", "precompute"]:
-            return "ril precompute", i + 3, None
+            return "ril precompute", i + 3, table_repo(words[i + 3:])
+    return None
+
+
+def table_repo(args):
+    """The repository of a `ril precompute` command (which names no script): the one holding its
+    --dataset-config-file, when that is one of the repository's dataset configs; else None."""
+    if "--dataset-config-file" in args[:-1]:
+        match = SHIPPED_DATASET_CONFIG.match(args[args.index("--dataset-config-file") + 1])
+        return match.group(1) if match else None
     return None
 
 
